@@ -1,0 +1,161 @@
+"""Typed protocol errors with stable codes.
+
+Every failure a peer can cause has one code.  The code is what travels on the wire
+(in an error response), what the conformance vectors name and what the docs list, so it
+never changes once released.  Each error also says what the receiver should do next
+(``action``): ``retry`` later with backoff, ``resync`` (say hello again and reconcile),
+or ``stop`` and alert an operator.  Any other exception escaping a decoder is a bug.
+"""
+
+from __future__ import annotations
+
+RETRY = "retry"
+RESYNC = "resync"
+STOP = "stop"
+
+
+class ProtocolError(Exception):
+    """Root of every error the protocol layer raises.
+
+    ``path`` names the offending field in JSONPath style (``$.events[3].hlc``) where one
+    is known.
+    """
+
+    code = "PROTOCOL_ERROR"
+    http_status = 400
+    action = STOP
+    hint = "check the peer's riversync version and configuration"
+
+    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None):
+        self.message = message
+        self.path = path
+        if hint is not None:
+            self.hint = hint
+        super().__init__(f"{self.code}: {message}" + (f" at {path}" if path else ""))
+
+    def to_wire(self) -> dict:
+        """The error as the body of an HTTP error response."""
+        return {"code": self.code, "message": str(self), "hint": self.hint, "action": self.action}
+
+
+class Malformed(ProtocolError):
+    code = "MALFORMED"
+    hint = "the bytes are not a valid riversync message; check the sender's version"
+
+
+class TooLarge(ProtocolError):
+    code = "TOO_LARGE"
+    http_status = 413
+    hint = "send smaller batches (lower batch_max_events)"
+
+
+class BadSignature(ProtocolError):
+    code = "BAD_SIGNATURE"
+    http_status = 401
+    hint = "the node's key does not match the roster; re-run `riversync cluster init` or fix the key file"
+
+
+class UnknownNode(ProtocolError):
+    code = "UNKNOWN_NODE"
+    http_status = 401
+    hint = "add the node to the cluster roster on every daemon"
+
+
+class WrongCluster(ProtocolError):
+    code = "WRONG_CLUSTER"
+    http_status = 403
+    hint = "the node's config points at another cluster's hub"
+
+
+class UnsupportedVersion(ProtocolError):
+    code = "UNSUPPORTED_VERSION"
+    http_status = 426
+    hint = "upgrade the older side so both speak the same protocol major version"
+
+
+class OriginMismatch(ProtocolError):
+    code = "ORIGIN_MISMATCH"
+    http_status = 403
+    hint = "a batch may only carry events of its signer; the sender is misbehaving"
+
+
+class SequenceGap(ProtocolError):
+    code = "SEQUENCE_GAP"
+    http_status = 409
+    action = RESYNC
+    hint = "say hello to learn what the hub holds, then push from there"
+
+
+class SequenceFork(ProtocolError):
+    code = "SEQUENCE_FORK"
+    http_status = 409
+    action = RESYNC
+    hint = "this node was restored from an old backup; start a new node epoch (riversync restore does this)"
+
+
+class ClockSkew(ProtocolError):
+    code = "CLOCK_SKEW"
+    http_status = 422
+    action = RETRY
+    hint = "fix the clock (NTP) of the node whose time is ahead"
+
+
+class ClockOverflow(ProtocolError):
+    code = "CLOCK_OVERFLOW"
+    http_status = 422
+    hint = "the HLC ran past year 6429; the clock is badly wrong"
+
+
+class StaleRequest(ProtocolError):
+    code = "STALE_REQUEST"
+    http_status = 401
+    action = RETRY
+    hint = "the request is older than the allowed window; check the node's clock"
+
+
+class ReplayedRequest(ProtocolError):
+    code = "REPLAYED_REQUEST"
+    http_status = 401
+    hint = "a request may be sent only once; every request needs a fresh nonce"
+
+
+class UnexpectedMessage(ProtocolError):
+    code = "UNEXPECTED_MESSAGE"
+    hint = "the message type does not belong on this endpoint"
+
+
+class Busy(ProtocolError):
+    code = "BUSY"
+    http_status = 503
+    action = RETRY
+    hint = "the hub is at its concurrency limit; retry with backoff"
+
+
+ALL_ERRORS: tuple[type[ProtocolError], ...] = (
+    Malformed,
+    TooLarge,
+    BadSignature,
+    UnknownNode,
+    WrongCluster,
+    UnsupportedVersion,
+    OriginMismatch,
+    SequenceGap,
+    SequenceFork,
+    ClockSkew,
+    ClockOverflow,
+    StaleRequest,
+    ReplayedRequest,
+    UnexpectedMessage,
+    Busy,
+)
+
+BY_CODE: dict[str, type[ProtocolError]] = {cls.code: cls for cls in ALL_ERRORS}
+
+
+def from_wire(body: dict) -> ProtocolError:
+    """Rebuild a typed error from an error response (unknown codes become ProtocolError)."""
+    cls = BY_CODE.get(str(body.get("code")), ProtocolError)
+    err = cls(str(body.get("message", "")))
+    if cls is ProtocolError:
+        err.code = str(body.get("code", "PROTOCOL_ERROR"))
+    return err

@@ -1,0 +1,68 @@
+"""The ``riversync`` command: a thin layer over the library.
+
+Each subcommand lives in ``riversync/commands/<name>.py`` and exposes
+``register(subparsers)``; the handler it sets returns an exit code.  Typed errors become
+one line plus a "Try:" hint and a documented exit code (see docs/reference/cli.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from riversync import __version__
+
+# Exit codes (documented in docs/reference/cli.md).
+EXIT_OK = 0
+EXIT_WARNING = 1  # `riversync status`: warning; other commands: the operation failed
+EXIT_CRITICAL = 2  # `riversync status`: critical; other commands: bad usage or input
+EXIT_UNAVAILABLE = 3  # a daemon or file the command needs could not be reached
+
+COMMAND_MODULES: list[str] = [
+    # one line per module under riversync/commands/, in the order --help lists them
+]
+
+
+class CommandError(Exception):
+    """A failure the user can act on: printed as one line and a hint, never a traceback."""
+
+    def __init__(self, message: str, hint: str = "", exit_code: int = EXIT_WARNING):
+        super().__init__(message)
+        self.hint = hint
+        self.exit_code = exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="riversync",
+        description="Keep the SQLite databases of several offices in sync through one hub.",
+    )
+    parser.add_argument("--version", action="version", version=f"riversync {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"riversync.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_CRITICAL
+    try:
+        return int(handler(args) or 0)
+    except CommandError as e:
+        print(f"riversync: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"Try: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("riversync: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

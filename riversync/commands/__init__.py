@@ -1,0 +1,1 @@
+"""Subcommands of the riversync CLI, one module each."""

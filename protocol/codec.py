@@ -10,6 +10,7 @@ error; nothing else escapes.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Container
 from typing import TypeVar
 
 import msgspec
@@ -21,6 +22,7 @@ from .errors import (
     Malformed,
     OriginMismatch,
     ProtocolError,
+    ReplayedRequest,
     StaleRequest,
     TooLarge,
     UnexpectedMessage,
@@ -69,12 +71,17 @@ def decode(data: bytes, type_: type[T], *, max_bytes: int = limits.MAX_BLOB_BYTE
         raise Malformed(f"not valid msgpack: {e}") from None
 
 
-def _malformed(e: msgspec.ValidationError) -> Malformed:
+def _malformed(e: msgspec.ValidationError) -> Malformed | TooLarge:
+    """A typed error naming the path; a batch over the event limit is TOO_LARGE."""
     text = str(e)
     path = None
     if " - at `" in text:
         text, _, rest = text.partition(" - at `")
         path = rest.rstrip("`")
+    if path in ("$.events", "$.b.events") and "length <=" in text:
+        return TooLarge(
+            f"a batch holds at most {limits.MAX_EVENTS_PER_BATCH} events ({text})", path=path
+        )
     return Malformed(text, path=path)
 
 
@@ -85,14 +92,18 @@ def sign(body: Body, key: SigningKey) -> bytes:
     return _encoder.encode(env)
 
 
-def open_envelope(data: bytes, roster: Roster) -> tuple[Envelope, AnyBody]:
+def open_envelope(
+    data: bytes, roster: Roster, *, max_bytes: int = limits.MAX_BLOB_BYTES
+) -> tuple[Envelope, AnyBody]:
     """Check and decode a signed blob sent by a node of ``roster``'s cluster.
+
+    ``max_bytes`` lets a receiver set a lower size limit than the protocol's.
 
     Raises:
         TooLarge, Malformed, UnsupportedVersion, WrongCluster, UnknownNode, BadSignature,
         OriginMismatch: see spec/PROTOCOL.md, "Receiving a signed blob".
     """
-    env = decode(data, Envelope)
+    env = decode(data, Envelope, max_bytes=max_bytes)
     _version.check(env.v, who=f"node {env.o!r}")
     if env.c != roster.cluster_id:
         raise WrongCluster(f"blob is for cluster {env.c!r}, this is cluster {roster.cluster_id!r}", path="$.c")
@@ -201,6 +212,22 @@ def check_fresh(body: Body, now_ms: int, window_ms: int) -> None:
         )
 
 
+def check_nonce(body: Body, seen: Container[bytes]) -> None:
+    """Refuse a request whose nonce the receiver has already accepted.
+
+    ``seen`` holds the nonces accepted within the freshness window (the receiver keeps
+    them; this function only looks).  Batches carry no nonce: the chain catches replays.
+
+    Raises:
+        ReplayedRequest
+    """
+    nonce = getattr(body, "nonce", None)
+    if nonce is not None and nonce in seen:
+        raise ReplayedRequest(
+            f"nonce {nonce.hex()} from node {body.o!r} was already used", path="$.nonce"
+        )
+
+
 def expect(body: AnyBody, type_: type[T]) -> T:
     """Narrow a decoded body to the type an endpoint accepts.
 
@@ -250,6 +277,7 @@ __all__ = [
     "check_batch",
     "check_batch_clock",
     "check_fresh",
+    "check_nonce",
     "decode",
     "encode",
     "expect",

@@ -212,3 +212,24 @@ class ErrorReply(msgspec.Struct, frozen=True):
     message: str
     hint: str = ""
     action: str = "stop"
+
+
+class NodeStatus(msgspec.Struct, frozen=True):
+    """The hub's view of one node, as ``/v1/status`` reports it."""
+
+    node: Name
+    epoch: U64  # the node's latest epoch the hub holds
+    batches: Cursor  # last batch sequence stored of that epoch
+    last_seq: Cursor  # last event sequence stored of that epoch
+    cursor: Cursor = 0  # last hub sequence the node said it applied (its latest pull)
+    last_seen_ms: U64 = 0  # hub time of the node's latest request, Unix ms; 0: never
+
+
+class StatusReply(msgspec.Struct, frozen=True):
+    """Answer to a StatusRequest: what the hub holds and how far each node has come."""
+
+    v: Version
+    hub_epoch: U64
+    hub_time_ms: U64
+    head: Cursor
+    nodes: list[NodeStatus] = []

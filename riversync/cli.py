@@ -21,6 +21,8 @@ EXIT_UNAVAILABLE = 3  # a daemon or file the command needs could not be reached
 
 COMMAND_MODULES: list[str] = [
     # one line per module under riversync/commands/, in the order --help lists them
+    "cluster",
+    "hub",
 ]
 
 

@@ -1,0 +1,126 @@
+"""``riversync hub``: serve the hub, and back up, restore or prune its store."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from riversync.cli import EXIT_CRITICAL, EXIT_UNAVAILABLE, CommandError
+from riversync.config import ConfigError, load_hub_config
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("hub", help="run the hub and look after its store")
+    sub = p.add_subparsers(dest="hub_command", metavar="ACTION", required=True)
+
+    s = sub.add_parser("serve", help="serve the hub's HTTP API until SIGTERM",
+                       description="Serve /v1/hello, /v1/push, /v1/pull, /v1/status, "
+                       "/metrics and /healthz. Prints the URL it listens on first.")
+    s.add_argument("-c", "--config", required=True, metavar="HUB_TOML")
+    s.add_argument("--host", default=None, help="override listen_host")
+    s.add_argument("--port", type=int, default=None,
+                   help="override listen_port (0: pick a free port and print it)")
+    s.set_defaults(handler=cmd_serve)
+
+    b = sub.add_parser("backup", help="copy the live hub store to a file (WAL-safe)")
+    b.add_argument("-c", "--config", required=True, metavar="HUB_TOML")
+    b.add_argument("out", metavar="FILE")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(handler=cmd_backup)
+
+    r = sub.add_parser("restore", help="replace the hub store with a backup (hub stopped); "
+                       "the next start begins a new hub epoch")
+    r.add_argument("-c", "--config", required=True, metavar="HUB_TOML")
+    r.add_argument("backup", metavar="FILE")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(handler=cmd_restore)
+
+    pr = sub.add_parser("prune", help="delete batches every node has already pulled")
+    pr.add_argument("-c", "--config", required=True, metavar="HUB_TOML")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(handler=cmd_prune)
+
+
+def _config(args):
+    try:
+        return load_hub_config(args.config)
+    except ConfigError as e:
+        raise CommandError(str(e), e.hint, exit_code=EXIT_CRITICAL) from None
+
+
+def cmd_serve(args) -> int:
+    from riversync.hub.server import serve
+    from riversync.hub.store_sqlite import StoreLockedError
+
+    cfg = _config(args)
+    try:
+        return serve(cfg, host=args.host, port=args.port)
+    except StoreLockedError as e:
+        raise CommandError(str(e), "stop the other hub, or point db_path elsewhere",
+                           exit_code=EXIT_UNAVAILABLE) from None
+    except OSError as e:
+        raise CommandError(f"cannot serve: {e}", "check listen_host/listen_port and db_path",
+                           exit_code=EXIT_UNAVAILABLE) from None
+
+
+def cmd_backup(args) -> int:
+    import apsw
+
+    from riversync.hub.store_sqlite import backup_store
+
+    cfg = _config(args)
+    if not cfg.db_path.exists():
+        raise CommandError(f"no hub store at {cfg.db_path}", "check db_path in hub.toml",
+                           exit_code=EXIT_UNAVAILABLE)
+    try:
+        head = backup_store(cfg.db_path, args.out)
+    except (apsw.Error, OSError) as e:
+        raise CommandError(f"backup failed: {e}", "check the paths and free space") from None
+    _say(args, {"backup": args.out, "head": head},
+         f"Backed up the hub store to {args.out} (head {head}).")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    import apsw
+
+    from riversync.hub.store_sqlite import StoreLockedError, restore_store
+
+    cfg = _config(args)
+    note = f"{args.backup} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+    try:
+        head = restore_store(args.backup, cfg.db_path, note)
+    except StoreLockedError as e:
+        raise CommandError(str(e), "stop `riversync hub serve` first",
+                           exit_code=EXIT_UNAVAILABLE) from None
+    except (apsw.Error, OSError) as e:
+        raise CommandError(f"restore failed: {e}", "check that FILE is a hub backup",
+                           exit_code=EXIT_CRITICAL) from None
+    _say(args, {"restored": args.backup, "head": head, "db_path": str(cfg.db_path)},
+         f"Restored {args.backup} to {cfg.db_path} (head {head}). The next "
+         "`riversync hub serve` starts a new hub epoch; nodes re-pull and re-push from there.")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from riversync.hub.server import random_epoch
+    from riversync.hub.store_sqlite import SqliteHubStore
+
+    cfg = _config(args)
+    if not cfg.db_path.exists():
+        raise CommandError(f"no hub store at {cfg.db_path}", "check db_path in hub.toml",
+                           exit_code=EXIT_UNAVAILABLE)
+    store = SqliteHubStore.open(cfg.db_path, new_epoch=random_epoch(),
+                                now_ms=time.time_ns() // 1_000_000, exclusive=False)
+    try:
+        res = store.prune_delivered(sorted(cfg.roster.nodes))
+    finally:
+        store.close()
+    _say(args, {"removed_batches": res.removed_batches, "upto_seq": res.upto_seq},
+         f"Removed {res.removed_batches} batches up to hub sequence {res.upto_seq} "
+         "(every node had pulled them).")
+    return 0
+
+
+def _say(args, data: dict, text: str) -> None:
+    print(json.dumps(data) if getattr(args, "json", False) else text)

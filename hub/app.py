@@ -38,9 +38,11 @@ from riversync.protocol.messages import (
     ErrorReply,
     Hello,
     HelloReply,
+    NodeStatus,
     Pull,
     PullReply,
     PushReply,
+    StatusReply,
     StatusRequest,
 )
 
@@ -78,7 +80,8 @@ class Hub:
         self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="hub-read")
         self.nonces = NonceBook(self.lim.fresh_window_ms, self.lim.max_nonces)
         self.metrics = HubMetrics(self.status_snapshot)
-        self.inflight = 0
+        self.inflight = 0  # requests being worked on (the middleware counts them)
+        self.waiting = 0  # pulls waiting for a batch
         self._changed = asyncio.Event()
         self._closing = False
         self._last_pull_ms: dict[str, int] = {}
@@ -173,19 +176,26 @@ class Hub:
 
     async def _serve_pull(self, pull: Pull, now: int) -> web.Response:
         node = pull.o
+        wait_s = min(pull.wait_ms, self.lim.max_wait_ms) / 1000
+        if wait_s > 0 and self.waiting >= self.lim.max_long_polls:
+            raise Busy(f"{self.waiting} pulls are already waiting; the limit is "
+                       f"{self.lim.max_long_polls}")
         self._node_epoch[node] = pull.e
         self._last_pull_ms[node] = now
         cur = self.store.current_epoch()
         start = epochs_mod.start_for(self.store.epochs(), pull.hub_epoch, pull.cursor)
-        self.writer.set_cursor(CursorInfo(node=node, hub_epoch=cur.epoch, cursor=start,
-                                          updated_ms=now))
+        await self.writer.set_cursor(CursorInfo(node=node, hub_epoch=cur.epoch, cursor=start,
+                                                updated_ms=now))
         limit = min(pull.limit, self.lim.pull_max_batches)
-        wait_s = min(pull.wait_ms, self.lim.max_wait_ms) / 1000
         deadline = time.monotonic() + wait_s
         changed = self._changed
         page = await self._read(self.store.read_page, node, pull.e, start, limit,
                                 self.lim.pull_max_bytes)
         if not page.batches and wait_s > 0:
+            # A waiting pull does no work, so it gives its concurrency slot back while it
+            # waits; max_long_polls bounds how many may wait.
+            self.waiting += 1
+            self.inflight -= 1
             self.metrics.long_polls.inc()
             try:
                 while not page.batches and not self._closing:
@@ -201,6 +211,8 @@ class Hub:
                                             self.lim.pull_max_bytes)
             finally:
                 self.metrics.long_polls.dec()
+                self.inflight += 1
+                self.waiting -= 1
         self.metrics.batches_served.inc(len(page.batches))
         self.metrics.events_served.inc(sum(b.events for b in page.batches))
         return reply(PullReply(hub_epoch=cur.epoch, cursor=page.cursor, head=page.head,
@@ -211,8 +223,7 @@ class Hub:
         now = now_ms()
         _env, req = self.open(data, StatusRequest)
         self.fresh_once(req, now)
-        snap = await self._read(self.status_snapshot)
-        return web.Response(body=codec.encode(snap), content_type=MSGPACK)
+        return reply(await self._read(self.status_reply, now))
 
     async def status_json(self, request: web.Request) -> web.Response:
         snap = await self._read(self.status_snapshot)
@@ -228,6 +239,28 @@ class Hub:
                             content_type="application/json")
 
     # ---- status --------------------------------------------------------------------
+
+    def status_reply(self, now: int) -> StatusReply:
+        """The signed-request view (protocol StatusReply): every node the hub has heard from."""
+        st = self.store
+        cursors = st.cursors()
+        cur = st.current_epoch()
+        nodes = []
+        for node_id in sorted(self.roster.nodes):
+            held = st.origins_of(node_id)
+            c = cursors.get(node_id)
+            if not held and not c:
+                continue
+            latest = held[-1] if held else None
+            seen = max(self._last_pull_ms.get(node_id, 0), c.updated_ms if c else 0,
+                       st.last_pushes().get(node_id, 0))
+            nodes.append(NodeStatus(
+                node=node_id, epoch=latest.epoch if latest else 0,
+                batches=latest.batches if latest else 0,
+                last_seq=latest.last_seq if latest else 0,
+                cursor=c.cursor if c and c.hub_epoch == cur.epoch else 0, last_seen_ms=seen))
+        return StatusReply(v=pversion.VERSION, hub_epoch=cur.epoch, hub_time_ms=now,
+                           head=st.head(), nodes=nodes)
 
     def status_snapshot(self) -> dict:
         """The hub's view of the cluster: /v1/status and the store gauges of /metrics."""

@@ -166,6 +166,7 @@ def init_cluster(
             "max_body_bytes": config.DEFAULT_MAX_BODY_BYTES,
             "max_events_per_batch": config.DEFAULT_MAX_EVENTS_PER_BATCH,
             "max_concurrent_requests": config.DEFAULT_MAX_CONCURRENT_REQUESTS,
+            "max_long_polls": config.DEFAULT_MAX_LONG_POLLS,
             "max_wait_ms": config.DEFAULT_MAX_WAIT_MS,
             "pull_max_bytes": config.DEFAULT_PULL_MAX_BYTES,
             "pull_max_batches": config.DEFAULT_PULL_MAX_BATCHES,

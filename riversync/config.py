@@ -29,7 +29,8 @@ DEFAULT_LISTEN_HOST = "127.0.0.1"  # loopback unless the operator opens it on pu
 DEFAULT_HUB_PORT = 8700  # TCP port; nodes use the ports above it
 DEFAULT_MAX_BODY_BYTES = limits.MAX_BLOB_BYTES  # bytes; one signed blob, the protocol's limit
 DEFAULT_MAX_EVENTS_PER_BATCH = limits.MAX_EVENTS_PER_BATCH  # events; keeps an apply short
-DEFAULT_MAX_CONCURRENT_REQUESTS = 64  # requests in flight (long-polls too) before BUSY
+DEFAULT_MAX_CONCURRENT_REQUESTS = 64  # requests being worked on (not waiting) before BUSY
+DEFAULT_MAX_LONG_POLLS = 256  # pulls waiting for batches; each holds a socket, little else
 DEFAULT_MAX_WAIT_MS = 30_000  # ms; longest long-poll, under typical proxy idle timeouts
 DEFAULT_PULL_MAX_BYTES = 8 * 1024 * 1024  # bytes of batches per pull reply; bounds memory
 DEFAULT_PULL_MAX_BATCHES = limits.MAX_BATCHES_PER_PULL  # batches; the byte budget is the real bound
@@ -71,6 +72,7 @@ class HubLimits:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_events_per_batch: int = DEFAULT_MAX_EVENTS_PER_BATCH
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
+    max_long_polls: int = DEFAULT_MAX_LONG_POLLS
     max_wait_ms: int = DEFAULT_MAX_WAIT_MS
     pull_max_bytes: int = DEFAULT_PULL_MAX_BYTES
     pull_max_batches: int = DEFAULT_PULL_MAX_BATCHES
@@ -324,6 +326,7 @@ def load_hub_config(path: Path | str) -> HubConfig:
                                     lo=1, hi=limits.MAX_EVENTS_PER_BATCH),
         max_concurrent_requests=lt.int("max_concurrent_requests",
                                        DEFAULT_MAX_CONCURRENT_REQUESTS, lo=1, hi=10_000),
+        max_long_polls=lt.int("max_long_polls", DEFAULT_MAX_LONG_POLLS, lo=0, hi=100_000),
         max_wait_ms=lt.int("max_wait_ms", DEFAULT_MAX_WAIT_MS, lo=0, hi=limits.MAX_WAIT_MS),
         pull_max_bytes=lt.int("pull_max_bytes", DEFAULT_PULL_MAX_BYTES, lo=1024,
                               hi=256 * 1024 * 1024),

@@ -247,3 +247,35 @@ class Origin:
                    ts=now_ms() if ts is None else ts,
                    nonce=os.urandom(16) if nonce is None else nonce, **fields)
         return codec.sign(body, self.key)
+
+
+# ---- looking at the hub's store from outside -------------------------------------------------
+
+
+def store_snapshot(db_path: Path | str, *, cursors: bool = True) -> dict:
+    """Everything the hub holds, read through a separate read-only connection.
+
+    WAL lets this run while the hub serves.  Compare two snapshots to show that a refused
+    request changed nothing.
+    """
+    import apsw
+
+    conn = apsw.Connection(str(db_path), flags=apsw.SQLITE_OPEN_READONLY)
+    conn.setbusytimeout(5000)
+    try:
+        with conn:
+            snap = {
+                "batches": conn.execute("SELECT seq, node, epoch, n, first, last, hash, "
+                                        "envelope FROM hub_batches ORDER BY seq").fetchall(),
+                "origins": conn.execute("SELECT node, epoch, batches, last_seq, last_hash "
+                                        "FROM hub_origins ORDER BY node, epoch").fetchall(),
+                "chain": conn.execute("SELECT * FROM hub_chain ORDER BY seq").fetchall(),
+                "head": conn.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence "
+                                     "WHERE name = 'hub_batches'").fetchone()[0],
+            }
+            if cursors:
+                snap["cursors"] = conn.execute(
+                    "SELECT node, hub_epoch, cursor FROM hub_cursors ORDER BY node").fetchall()
+    finally:
+        conn.close()
+    return snap

@@ -1,0 +1,315 @@
+"""The real hub process over HTTP: every push outcome and every refusal.
+
+One hub serves the whole module.  Each refusal test shows the typed error code and HTTP
+status, and that the store (read through its own connection) is exactly as before.
+Spec rules cited: H-PUSH-1, H-PULL-1, H-PULL-2, H-HTTP-1, P-REQ-1..3, P-SIG-*, P-HLC-7.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from hubproc import (
+    HubProcess,
+    TestCluster,
+    decode_reply,
+    now_ms,
+    store_snapshot,
+)
+from riversync.protocol import codec, messages
+from riversync.protocol.keys import SigningKey
+from riversync.protocol.messages import (
+    Batch,
+    Envelope,
+    ErrorReply,
+    HelloReply,
+    PullReply,
+    PushReply,
+    StatusReply,
+)
+
+pytestmark = pytest.mark.slow
+
+BODY_LIMIT = 256 * 1024  # small, so the oversized test sends little
+LONG_POLLS = 6
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> TestCluster:
+    return TestCluster.create(tmp_path_factory.mktemp("hubhttp") / "c", ["north", "south", "east"],
+                              max_body_bytes=BODY_LIMIT, max_long_polls=LONG_POLLS)
+
+
+@pytest.fixture(scope="module")
+def hub(cluster):
+    with HubProcess(cluster.hub_config) as h:
+        yield h
+
+
+@pytest.fixture
+def db(cluster):
+    return cluster.dir / "hub.db"
+
+
+_epochs = iter(range(100, 10_000))
+
+
+def fresh_origin(cluster, node: str) -> messages:
+    """A new node epoch for ``node``, so each test starts its own chain."""
+    return cluster.origin(node, epoch=next(_epochs))
+
+
+def refused(hub, db, path: str, body: bytes, code: str, status: int) -> ErrorReply:
+    """POST ``body``; assert the typed refusal and that the store did not change."""
+    before = store_snapshot(db)
+    got_status, data = hub.post(path, body)
+    err = decode_reply(data, ErrorReply)
+    assert (got_status, err.code) == (status, code), err
+    assert err.hint and err.action in ("retry", "resync", "stop")
+    assert store_snapshot(db) == before
+    return err
+
+
+def push_ok(hub, body: bytes) -> PushReply:
+    status, data = hub.post("/v1/push", body)
+    assert status == 200, decode_reply(data, ErrorReply)
+    return decode_reply(data, PushReply)
+
+
+def pull(hub, origin, **fields) -> PullReply:
+    status, data = hub.post("/v1/pull", origin.request("pull", **fields))
+    assert status == 200, decode_reply(data, ErrorReply)
+    return decode_reply(data, PullReply)
+
+
+def hello(hub, origin) -> HelloReply:
+    status, data = hub.post("/v1/hello", origin.request("hello"))
+    assert status == 200, decode_reply(data, ErrorReply)
+    return decode_reply(data, HelloReply)
+
+
+def pull_all(hub, origin, hub_epoch: int, cursor: int) -> tuple[list[bytes], int]:
+    got: list[bytes] = []
+    while True:
+        r = pull(hub, origin, hub_epoch=hub_epoch, cursor=cursor)
+        got += r.batches
+        cursor = r.cursor
+        if not r.more:
+            return got, cursor
+
+
+# ---- pushes that succeed ----------------------------------------------------------------------
+
+
+def test_push_is_stored_byte_for_byte_and_pulled_by_others_only(hub, cluster, db):
+    south = fresh_origin(cluster, "south")
+    b1, b2 = south.batch(3), south.batch(2)
+    r1, r2 = push_ok(hub, b1), push_ok(hub, b2)
+    assert (r1.status, r2.status) == ("stored", "stored")
+    assert r2.hub_seq == r1.hub_seq + 1
+    rows = {seq: env for seq, _n, _e, _b, _f, _l, _h, env in store_snapshot(db)["batches"]}
+    assert rows[r1.hub_seq] == b1 and rows[r2.hub_seq] == b2
+
+    north = cluster.origin("north")
+    got, _ = pull_all(hub, north, r1.hub_epoch, r1.hub_seq - 1)
+    assert got[:2] == [b1, b2]  # H-PULL-1: as received, in hub order
+    # south does not get its own current origin back
+    own, _ = pull_all(hub, south, r1.hub_epoch, r1.hub_seq - 1)
+    assert b1 not in own and b2 not in own
+
+
+def test_duplicate_push_is_acknowledged_and_not_stored_twice(hub, cluster, db):
+    east = fresh_origin(cluster, "east")
+    b = east.batch(4)
+    first = push_ok(hub, b)
+    before = store_snapshot(db)
+    again = push_ok(hub, b)
+    assert again.status == "duplicate" and again.hub_seq == first.hub_seq
+    assert store_snapshot(db) == before
+
+
+def test_hello_reports_what_the_hub_holds_of_each_epoch(hub, cluster):
+    old, new = fresh_origin(cluster, "east"), fresh_origin(cluster, "east")
+    push_ok(hub, old.batch(2))
+    push_ok(hub, old.batch(3))
+    push_ok(hub, new.batch(1))
+    r = hello(hub, new)
+    held = {o.epoch: o for o in r.origins}
+    assert held[old.epoch].batches == 2 and held[old.epoch].last_seq == 5
+    assert held[old.epoch].last_hash == old.prev
+    assert held[new.epoch].batches == 1 and held[new.epoch].last_seq == 1
+    assert r.head >= 3 and r.restore_point == 0 and r.v == (1, 0)
+
+
+def test_own_batches_of_older_epochs_are_returned(hub, cluster):
+    """A node restored from a backup recovers the events it wrote in earlier epochs."""
+    old, new = fresh_origin(cluster, "north"), fresh_origin(cluster, "north")
+    b_old = old.batch(2)
+    r = push_ok(hub, b_old)
+    b_new = new.batch(1)
+    push_ok(hub, b_new)
+    got, _ = pull_all(hub, new, r.hub_epoch, r.hub_seq - 1)
+    assert b_old in got and b_new not in got
+
+
+def test_signed_status_and_json_status_and_metrics(hub, cluster):
+    north = cluster.origin("north")
+    status, data = hub.post("/v1/status", north.request("status"))
+    assert status == 200
+    rep = decode_reply(data, StatusReply)
+    assert rep.head >= 1 and {n.node for n in rep.nodes} <= {"north", "south", "east"}
+    js = hub.status()
+    assert js["head"] == rep.head and set(js["nodes"]) == {"north", "south", "east"}
+    code, ctype, text = hub.get("/metrics")
+    assert code == 200 and ctype.startswith("text/plain")
+    for name in ("riversync_hub_batches_stored_total", "riversync_hub_events_stored_total",
+                 "riversync_hub_node_cursor_seq", "riversync_hub_node_backlog_batches",
+                 "riversync_hub_storage_free_bytes", "riversync_hub_requests_refused_total",
+                 "riversync_hub_node_last_push_timestamp_seconds"):
+        assert name.encode() in text
+    assert hub.get("/healthz")[0] == 200
+
+
+# ---- refusals: each with its code, and the store unchanged -------------------------------------
+
+
+def test_gap_is_refused(hub, cluster, db):
+    south = fresh_origin(cluster, "south")
+    south.batch(1)  # batch 1 made but never sent
+    err = refused(hub, db, "/v1/push", south.batch(1), "SEQUENCE_GAP", 409)
+    assert err.action == "resync"
+
+
+def test_fork_is_refused(hub, cluster, db):
+    a = fresh_origin(cluster, "south")
+    b = cluster.origin("south", epoch=a.epoch)  # same origin, other history
+    push_ok(hub, a.batch(2))
+    refused(hub, db, "/v1/push", b.batch(3), "SEQUENCE_FORK", 409)
+
+
+def test_wrong_key_is_refused(hub, cluster, db):
+    south = fresh_origin(cluster, "south")
+    good = codec.decode(south.batch(1, advance=False), Envelope)
+    forged = Envelope(v=good.v, c=good.c, o=good.o, k=good.k, b=good.b,
+                      s=cluster.keys["north"].sign(good.b))
+    refused(hub, db, "/v1/push", codec.encode(forged), "BAD_SIGNATURE", 401)
+    # signed with another node's key, naming that key: not south's key id
+    refused(hub, db, "/v1/push", south.batch(1, advance=False, key=cluster.keys["north"]),
+            "UNKNOWN_NODE", 401)
+
+
+def test_unknown_node_is_refused(hub, cluster, db):
+    west = cluster.origin("north")
+    west.node, west.key = "west", SigningKey(os.urandom(32))
+    refused(hub, db, "/v1/push", west.batch(1), "UNKNOWN_NODE", 401)
+
+
+def test_other_cluster_is_refused(hub, cluster, db):
+    south = fresh_origin(cluster, "south")
+    south.cluster = "rs-elsewhere"
+    refused(hub, db, "/v1/push", south.batch(1), "WRONG_CLUSTER", 403)
+
+
+def test_unsupported_version_is_refused(hub, cluster, db):
+    south = fresh_origin(cluster, "south")
+    ev = south.events(1)
+    body = Batch(v=(2, 0), c=south.cluster, o="south", ts=now_ms(), e=south.epoch, n=1,
+                 first=1, last=1, prev=codec.ZERO_HASH, events=ev)
+    err = refused(hub, db, "/v1/push", codec.sign(body, south.key), "UNSUPPORTED_VERSION", 426)
+    assert "newer" in err.message and "2.0" in err.message
+
+
+def test_clock_skew_is_refused(hub, cluster, db):
+    south = fresh_origin(cluster, "south")
+    ahead = (now_ms() + 10 * 60 * 1000) << 16  # 10 minutes ahead; the bound is 5
+    err = refused(hub, db, "/v1/push", south.batch(2, hlc=ahead), "CLOCK_SKEW", 422)
+    assert err.action == "retry"
+
+
+def test_oversized_body_is_refused(hub, cluster, db):
+    refused(hub, db, "/v1/push", os.urandom(BODY_LIMIT + 4096), "TOO_LARGE", 413)
+
+
+def test_oversized_valid_batch_is_refused(hub, cluster, db):
+    south = fresh_origin(cluster, "south")
+    big = south.batch(BODY_LIMIT // 40, advance=False)  # ~45 bytes an event
+    assert len(big) > BODY_LIMIT
+    refused(hub, db, "/v1/push", big, "TOO_LARGE", 413)
+
+
+def test_replayed_pull_is_refused(hub, cluster, db):
+    north = cluster.origin("north")
+    req = north.request("pull", cursor=0)
+    status, _ = hub.post("/v1/pull", req)
+    assert status == 200
+    refused(hub, db, "/v1/pull", req, "REPLAYED_REQUEST", 401)
+
+
+def test_replayed_hello_is_refused(hub, cluster, db):
+    req = cluster.origin("east").request("hello")
+    assert hub.post("/v1/hello", req)[0] == 200
+    refused(hub, db, "/v1/hello", req, "REPLAYED_REQUEST", 401)
+
+
+@pytest.mark.parametrize("skew_min", [-10, 10])
+def test_stale_request_is_refused(hub, cluster, db, skew_min):
+    req = cluster.origin("north").request("pull", ts=now_ms() + skew_min * 60_000)
+    refused(hub, db, "/v1/pull", req, "STALE_REQUEST", 401)
+
+
+def test_wrong_message_type_is_refused(hub, cluster, db):
+    north = cluster.origin("north")
+    refused(hub, db, "/v1/push", north.request("hello"), "UNEXPECTED_MESSAGE", 400)
+    refused(hub, db, "/v1/pull", fresh_origin(cluster, "north").batch(1), "UNEXPECTED_MESSAGE",
+            400)
+
+
+def test_unknown_path_and_method_are_typed(hub, db):
+    before = store_snapshot(db)
+    code, ctype, data = hub.get("/v1/push")
+    assert code == 405 and decode_reply(data, ErrorReply).code == "METHOD_NOT_ALLOWED"
+    code, ctype, data = hub.get("/v2/anything")
+    assert code == 404 and decode_reply(data, ErrorReply).code == "NOT_FOUND"
+    assert ctype == "application/msgpack"
+    assert store_snapshot(db) == before
+
+
+# ---- long-poll ------------------------------------------------------------------------------
+
+
+def test_long_poll_wakes_on_a_new_batch_and_busy_beyond_the_limit(hub, cluster, db):
+    """H-PULL-2: waiting pulls answer as soon as a batch arrives; one wait too many is BUSY."""
+    r = hello(hub, cluster.origin("north"))
+    results: list[PullReply | None] = [None] * LONG_POLLS
+    ready = threading.Barrier(LONG_POLLS + 1)
+
+    def wait_pull(i: int) -> None:
+        node = cluster.origin("north" if i % 2 else "east")
+        req = node.request("pull", hub_epoch=r.hub_epoch, cursor=r.head, wait_ms=25_000)
+        ready.wait(10)
+        status, data = hub.post("/v1/pull", req, timeout=40)
+        results[i] = decode_reply(data, PullReply) if status == 200 else None
+
+    threads = [threading.Thread(target=wait_pull, args=(i,)) for i in range(LONG_POLLS)]
+    for t in threads:
+        t.start()
+    ready.wait(10)
+    waiting = f"riversync_hub_long_polls {float(LONG_POLLS)}".encode()
+    for _ in range(400):  # bounded: until every pull is waiting inside the hub
+        if waiting in hub.get("/metrics")[2]:
+            break
+        threading.Event().wait(0.05)
+    else:
+        pytest.fail("the long-polls never all started waiting")
+    one_more = cluster.origin("south").request("pull", hub_epoch=r.hub_epoch, cursor=r.head,
+                                               wait_ms=1000)
+    refused(hub, db, "/v1/pull", one_more, "BUSY", 503)
+
+    south = fresh_origin(cluster, "south")
+    b = south.batch(1)
+    push_ok(hub, b)  # waiting pulls do not hold the concurrency slots a push needs
+    for t in threads:
+        t.join(40)
+    assert all(res is not None and res.batches == [b] for res in results), results

@@ -1,0 +1,583 @@
+"""The replication agent: keeps one office's store in step with the hub.
+
+Theory of operation.
+
+*Push.*  The next batch is built from ``Store.outbox``, signed, and its exact envelope
+bytes are persisted (``Store.meta_set``) **before** the first send.  Until the hub
+acknowledges, every retry sends those same bytes, so a lost acknowledgement makes the hub
+see a duplicate, never a second batch with the same number and other bytes (a fork).  On
+acknowledgement the store marks the events acked, then the chain state (batch number and
+hash) moves on, then the pending bytes are cleared: each step is idempotent, so a crash
+between any two of them ends in the same place after a restart.
+
+*Pull.*  Every batch in a pull reply is verified against the roster's key of its origin
+(the hub relays, it cannot forge), then all of the reply's events are applied with the
+cursor in one store transaction, so an apply is exactly-once across crashes.
+
+*Hello and reconcile.*  At start and after any outage the agent says hello.  The reply
+says what the hub holds of this node: a lost ack is recognised and completed; a hub that
+holds less than was acknowledged (hub restored from a backup) gets the lost batches
+again; a cursor of an older hub epoch re-pulls from the restore point.  Batches of this
+node's older epochs (the node was restored) come back through the ordinary pull.
+
+*Failures* are classed, never logged and skipped: the hub away is retried with
+exponential backoff, jitter and a cap; a gap or a changed hub epoch makes the agent
+resync (hello again); a bad signature, a fork or a batch the store refuses beyond the
+retry threshold stops replication and raises a critical alert until an operator acts
+(``riversync status`` says what, ``POST /v1/sync`` retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from riversync.protocol import codec
+from riversync.protocol.codec import ZERO_HASH, body_hash, make_batch, open_envelope, sign
+from riversync.protocol.errors import RESYNC, RETRY, ProtocolError, SequenceFork
+from riversync.protocol.keys import Roster, SigningKey
+from riversync.protocol.messages import Batch, Envelope, Hello, HelloReply, OriginState, Pull
+from riversync.protocol.version import VERSION
+
+from .db import DbThread
+from .health import NodeMetrics
+from .transport import HubClient, HubUnreachable
+
+log = logging.getLogger("riversync.node.agent")
+
+BATCH_MAX_EVENTS = 1000  # events per pushed batch: one hub transaction stays short
+PULL_LIMIT = 100  # batches asked for per pull
+LONG_POLL_MS = 20_000  # ms a realtime pull waits at the hub; under the hub's 30 s maximum
+BACKOFF_BASE_S = 0.5  # first retry after the hub went away
+BACKOFF_CAP_S = 60.0  # never wait longer than this between retries (also <= sync interval)
+REPLAY_RETRY_THRESHOLD = 3  # a batch the store refuses this many times stops replication
+
+META_PENDING = "agent.push.pending"  # hex of the signed bytes awaiting an ack
+META_CHAIN = "agent.push.chain"  # "<epoch>:<batch n>:<hash hex>" of the last acked batch
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    cluster_id: str
+    node_id: str
+    sync_interval_s: float
+    realtime: bool
+    batch_max_events: int = BATCH_MAX_EVENTS
+    long_poll_ms: int = LONG_POLL_MS
+    backoff_base_s: float = BACKOFF_BASE_S
+    backoff_cap_s: float = BACKOFF_CAP_S
+    replay_retry_threshold: int = REPLAY_RETRY_THRESHOLD
+
+
+class Resync(Exception):
+    """Say hello again before the next exchange (gap, changed hub epoch)."""
+
+
+class SyncStopped(Exception):
+    """Replication must stop until an operator acts; ``code`` names why."""
+
+    def __init__(self, code: str, message: str, hint: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+
+
+class ApplyFailed(Exception):
+    """The store refused a pulled batch; retried with backoff up to the threshold."""
+
+
+class PollInterrupted(Exception):
+    """A long-poll was cut short so that a sync-now can pull at once."""
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with 'equal jitter': half fixed, half random, never above cap.
+
+    The random half keeps offices that lost the hub together from returning in lockstep.
+    """
+    d = min(cap, base * (2 ** min(attempt, 30)))
+    return d / 2 + rng.uniform(0, d / 2)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        store: Any,
+        db: DbThread,
+        key: SigningKey,
+        roster: Roster,
+        hub: HubClient,
+        metrics: NodeMetrics,
+    ):
+        self.s = settings
+        self.store = store
+        self.db = db
+        self.key = key
+        self.roster = roster
+        self.hub = hub
+        self.metrics = metrics
+        self.rng = random.Random()
+        self.state = "starting"  # starting | running | backoff | stopped
+        self.error: dict | None = None
+        self.last_push_ok: float | None = None
+        self.last_pull_ok: float | None = None
+        self.last_error_at: float | None = None
+        self.hub_epoch: int | None = None
+        self.hub_head: int | None = None
+        self.cursor: tuple[int, int] | None = None
+        self.replay_failures = 0
+        self.attempt = 0
+        self._hello_ok = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._poll_interrupt = asyncio.Event()
+        self._push_lock = asyncio.Lock()
+        self._pull_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task] = []
+        self._pull_override: tuple[int, int] | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._sync_loop(), name="riversync-sync"))
+        if self.s.realtime:
+            self._tasks.append(asyncio.create_task(self._poll_loop(), name="riversync-poll"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        self._tasks.clear()
+        await self.hub.close()
+
+    def notify_write(self) -> None:
+        """A local write committed: push at once in realtime mode."""
+        if self.s.realtime:
+            self._wake.set()
+
+    def snapshot(self) -> dict:
+        lag = None
+        if self.hub_head is not None and self.cursor is not None:
+            lag = max(0, self.hub_head - self.cursor[1])
+        return {
+            "state": self.state,
+            "error": self.error,
+            "hub_url": self.hub.base_url,
+            "hub_epoch": self.hub_epoch,
+            "hub_head": self.hub_head,
+            "cursor": list(self.cursor) if self.cursor else None,
+            "inbound_lag": lag,
+            "last_push_ok": self.last_push_ok,
+            "last_pull_ok": self.last_pull_ok,
+            "replay_failures_consecutive": self.replay_failures,
+            "realtime": self.s.realtime,
+            "sync_interval_s": self.s.sync_interval_s,
+        }
+
+    # ---- the loops --------------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        while True:
+            wait = float(self.s.sync_interval_s)
+            if self.state != "stopped":
+                try:
+                    await self._cycle(pull=not self.s.realtime)
+                    wait = self.s.sync_interval_s
+                except (HubUnreachable, ApplyFailed) as e:
+                    wait = self._went_away(e)
+                except Resync as e:
+                    self._note_error("RESYNC", str(e), "", RESYNC)
+                    self._hello_ok.clear()
+                    wait = self.s.backoff_base_s
+                except SyncStopped as e:
+                    self._stop(e)
+                except ProtocolError as e:
+                    wait = self._protocol_error(e)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _poll_loop(self) -> None:
+        """Realtime mode: keep one long-poll pull open at the hub."""
+        while True:
+            await self._hello_ok.wait()
+            if self.state == "stopped":
+                await asyncio.sleep(self.s.backoff_base_s)
+                continue
+            wait = 0.0
+            try:
+                await self.pull_all(self.s.long_poll_ms, interruptible=True)
+                self.attempt = 0
+            except PollInterrupted:
+                pass
+            except (HubUnreachable, ApplyFailed) as e:
+                wait = self._went_away(e)
+            except Resync as e:
+                self._note_error("RESYNC", str(e), "", RESYNC)
+                self._hello_ok.clear()
+                self._wake.set()
+            except SyncStopped as e:
+                self._stop(e)
+            except ProtocolError as e:
+                wait = self._protocol_error(e)
+            if wait:
+                await asyncio.sleep(wait)
+
+    async def _cycle(self, *, pull: bool) -> dict:
+        if not self._hello_ok.is_set():
+            await self.hello()
+        pushed = await self.push_all()
+        pulled = await self.pull_all(0) if pull else 0
+        self.attempt = 0
+        if self.state != "stopped":
+            self.state = "running"
+            self.error = None
+        return {"pushed": pushed, "pulled": pulled}
+
+    async def sync_now(self) -> dict:
+        """Push then pull at once (``POST /v1/sync``); also restarts a stopped agent.
+
+        Raises:
+            HubUnreachable, SyncStopped, ProtocolError: the exchange failed (and the agent
+            carries on with its usual handling).
+        """
+        if self.state == "stopped":
+            self.state = "starting"
+            self.error = None
+            self.replay_failures = 0
+            self._hello_ok.clear()
+        try:
+            await self.hello()
+            pushed = await self.push_all()
+            self._poll_interrupt.set()
+            pulled = await self.pull_all(0)
+        except (HubUnreachable, ApplyFailed) as e:
+            self._went_away(e)
+            raise
+        except SyncStopped as e:
+            self._stop(e)
+            raise
+        except ProtocolError as e:
+            self._protocol_error(e)
+            raise
+        self.attempt = 0
+        self.state = "running"
+        self.error = None
+        return {"pushed": pushed, "pulled": pulled}
+
+    async def sync_now_quietly(self, timeout_s: float) -> bool:
+        """``sync_now`` bounded in time; a failure is recorded in the state, not raised."""
+        try:
+            await asyncio.wait_for(self.sync_now(), timeout=timeout_s)
+            return True
+        except (TimeoutError, HubUnreachable, ApplyFailed, SyncStopped, ProtocolError, Resync):
+            if self.state not in ("stopped", "backoff"):
+                self.state = "backoff"
+            return False
+
+    # ---- failure handling ---------------------------------------------------------------
+
+    def _went_away(self, e: Exception) -> float:
+        self.state = "backoff"
+        self._hello_ok.clear()  # the hub may come back restored: say hello again
+        if isinstance(e, ApplyFailed):
+            self._note_error("REPLAY_FAILED", str(e), "the node retries; see its log", RETRY)
+        else:
+            self._note_error("HUB_UNREACHABLE", str(e),
+                             "check that the hub runs and is reachable", RETRY)
+        delay = backoff_delay(self.attempt, self.s.backoff_base_s, self._cap(), self.rng)
+        self.attempt += 1
+        return delay
+
+    def _cap(self) -> float:
+        return max(self.s.backoff_base_s, min(self.s.backoff_cap_s, float(self.s.sync_interval_s)))
+
+    def _protocol_error(self, e: ProtocolError) -> float:
+        if e.action == RETRY:
+            self.state = "backoff"
+            self._note_error(e.code, e.message, e.hint, RETRY)
+            delay = backoff_delay(self.attempt, self.s.backoff_base_s, self._cap(), self.rng)
+            self.attempt += 1
+            return delay
+        if e.action == RESYNC and not isinstance(e, SequenceFork):
+            self._note_error(e.code, e.message, e.hint, RESYNC)
+            self._hello_ok.clear()
+            return self.s.backoff_base_s
+        self._stop(SyncStopped(e.code, e.message, e.hint))
+        return self.s.sync_interval_s
+
+    def _note_error(self, code: str, message: str, hint: str, action: str) -> None:
+        self.error = {"code": code, "message": message, "hint": hint, "action": action}
+        self.last_error_at = time.time()
+        self.metrics.sync_errors.labels(code=code, action=action).inc()
+        log.warning("sync: %s (%s): %s", code, action, message)
+
+    def _stop(self, e: SyncStopped) -> None:
+        self.state = "stopped"
+        self._hello_ok.clear()
+        self.error = {"code": e.code, "message": e.message, "hint": e.hint, "action": "stop"}
+        self.last_error_at = time.time()
+        self.metrics.sync_errors.labels(code=e.code, action="stop").inc()
+        log.error("replication stopped: %s: %s (%s)", e.code, e.message, e.hint)
+
+    # ---- hello and reconcile ----------------------------------------------------------
+
+    async def hello(self) -> HelloReply:
+        body = Hello(v=VERSION, c=self.s.cluster_id, o=self.s.node_id, ts=now_ms(),
+                     e=self.store.epoch, nonce=os.urandom(16))
+        reply = await self.hub.hello(sign(body, self.key))
+        self.hub_epoch = reply.hub_epoch
+        self.hub_head = reply.head
+        mine = next((o for o in reply.origins if o.epoch == self.store.epoch), None)
+        await self.db.run(self._align_push_state, mine)
+        cur = await self.db.run(self.store.get_cursor, "hub")
+        if cur is None:
+            self._pull_override = (reply.hub_epoch, 0)
+        elif cur[0] != reply.hub_epoch:
+            # Cursor of an older hub epoch: what came after the restore point may be gone
+            # or numbered differently, so pull again from there (apply is idempotent).
+            self._pull_override = (reply.hub_epoch, min(cur[1], reply.restore_point))
+        elif cur[1] > reply.head:
+            self._pull_override = (reply.hub_epoch, reply.head)
+        else:
+            self._pull_override = None
+        self.cursor = self._pull_override or (cur[0], cur[1])
+        self._hello_ok.set()
+        return reply
+
+    def _chain(self) -> tuple[int, int, bytes]:
+        raw = self.store.meta_get(META_CHAIN)
+        if raw:
+            e, n, h = str(raw).split(":")
+            if int(e) == self.store.epoch:
+                return int(e), int(n), bytes.fromhex(h)
+        return self.store.epoch, 0, ZERO_HASH
+
+    def _set_chain(self, epoch: int, n: int, h: bytes) -> None:
+        self.store.meta_set(META_CHAIN, f"{epoch}:{n}:{h.hex()}")
+
+    def _pending(self) -> tuple[bytes, Batch, bytes] | None:
+        raw = self.store.meta_get(META_PENDING)
+        if not raw:
+            return None
+        data = bytes.fromhex(str(raw))
+        env = codec.decode(data, Envelope)
+        batch = codec.decode(env.b, Batch)
+        if batch.e != self.store.epoch:  # left over from before a new epoch: re-sequenced
+            self.store.meta_set(META_PENDING, "")
+            return None
+        return data, batch, body_hash(env.b)
+
+    def _align_push_state(self, held: OriginState | None) -> None:
+        """Bring the push chain in line with what the hub holds of this epoch (db thread).
+
+        Raises:
+            SyncStopped: the hub holds batches of this epoch that this node never made or
+            other bytes under the same number (a fork).
+        """
+        epoch, n, h = self._chain()
+        hub_n = held.batches if held else 0
+        hub_seq = held.last_seq if held else 0
+        hub_hash = held.last_hash if held else ZERO_HASH
+        pending = self._pending()
+        if pending is not None:
+            _data, batch, phash = pending
+            if batch.n == hub_n and phash == hub_hash:
+                # Stored, but the ack was lost: complete it now.
+                self._acked(batch, phash)
+                return
+            if batch.n == hub_n + 1 and batch.prev == hub_hash:
+                return  # the hub still waits for exactly these bytes; resend them
+            if batch.n <= hub_n:
+                raise SyncStopped(
+                    "SEQUENCE_FORK",
+                    f"the hub holds batch {batch.n} of {self.s.node_id}/{epoch} with other bytes",
+                    "this node's database is older than what the hub holds; restore it with "
+                    "`riversync restore`, which starts a new node epoch",
+                )
+            # The hub lost batches it had acknowledged (restored): rebuild from what it holds.
+            self.store.meta_set(META_PENDING, "")
+        if n > hub_n or (n == hub_n and h != hub_hash and hub_n > 0):
+            if n == hub_n:
+                raise SyncStopped(
+                    "SEQUENCE_FORK",
+                    f"the hub's batch {hub_n} of {self.s.node_id}/{epoch} differs from this node's",
+                    "restore this node with `riversync restore`, which starts a new node epoch",
+                )
+            # Hub restored from an older backup: re-push everything after what it holds.
+            self._unack(epoch, hub_seq)
+            self._set_chain(epoch, hub_n, hub_hash)
+        elif n < hub_n:
+            raise SyncStopped(
+                "SEQUENCE_FORK",
+                f"the hub holds {hub_n} batches of {self.s.node_id}/{epoch}, this node knows {n}",
+                "this node's database is older than the hub's record of it; restore it with "
+                "`riversync restore`, which starts a new node epoch",
+            )
+
+    def _unack(self, epoch: int, last_seq: int) -> None:
+        """Make events after ``last_seq`` unacknowledged again, so they are pushed again."""
+        reset = getattr(self.store, "reset_acked", None)
+        if reset is not None:
+            reset(epoch, last_seq)
+        else:
+            self.store.mark_acked(epoch, last_seq)
+
+    # ---- push -------------------------------------------------------------------------
+
+    def _next_push(self) -> bytes | None:
+        """The bytes to send next: the pending batch, or a new one persisted first (db thread)."""
+        pending = self._pending()
+        if pending is not None:
+            return pending[0]
+        events = self.store.outbox(limit=self.s.batch_max_events)
+        events = [e for e in events if e.epoch == self.store.epoch]
+        if not events:
+            return None
+        epoch, n, h = self._chain()
+        batch = make_batch(cluster=self.s.cluster_id, node=self.s.node_id, epoch=epoch, n=n + 1,
+                           prev=h, events=events, now_ms=now_ms())
+        data = sign(batch, self.key)
+        self.store.meta_set(META_PENDING, data.hex())  # durable before it leaves this node
+        return data
+
+    def _acked(self, batch: Batch, h: bytes) -> None:
+        self.store.mark_acked(batch.e, batch.last)
+        self._set_chain(batch.e, batch.n, h)
+        self.store.meta_set(META_PENDING, "")
+
+    def _acked_bytes(self, data: bytes) -> int:
+        env = codec.decode(data, Envelope)
+        batch = codec.decode(env.b, Batch)
+        self._acked(batch, body_hash(env.b))
+        return len(batch.events)
+
+    async def push_all(self) -> int:
+        """Push until the outbox is empty; returns the number of events acknowledged."""
+        total = 0
+        async with self._push_lock:
+            while True:
+                data = await self.db.run(self._next_push)
+                if data is None:
+                    break
+                await self.hub.push(data)
+                total += await self.db.run(self._acked_bytes, data)
+            self.last_push_ok = time.time()
+        if total:
+            self.metrics.pushed_events.inc(total)
+        return total
+
+    # ---- pull -------------------------------------------------------------------------
+
+    async def _pull_from(self) -> tuple[int, int]:
+        if self._pull_override is not None:
+            return self._pull_override
+        cur = await self.db.run(self.store.get_cursor, "hub")
+        if cur is None:
+            raise Resync("no cursor yet")
+        return cur[0], cur[1]
+
+    async def _request(self, hub_epoch: int, cursor: int, wait_ms: int, interruptible: bool):
+        body = Pull(v=VERSION, c=self.s.cluster_id, o=self.s.node_id, ts=now_ms(),
+                    e=self.store.epoch, nonce=os.urandom(16), hub_epoch=hub_epoch,
+                    cursor=cursor, limit=PULL_LIMIT, wait_ms=wait_ms)
+        fut = asyncio.ensure_future(self.hub.pull(sign(body, self.key), wait_ms))
+        if not interruptible:
+            return await fut
+        stop = asyncio.ensure_future(self._poll_interrupt.wait())
+        try:
+            done, _ = await asyncio.wait({fut, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if fut not in done:
+            fut.cancel()
+            raise PollInterrupted()
+        return fut.result()
+
+    def _verify(self, raw_batches: list[bytes]) -> list:
+        """Open every batch of a reply; any failure refuses the whole reply.
+
+        Raises:
+            SyncStopped: a batch does not verify against the roster.
+        """
+        events: list = []
+        for i, raw in enumerate(raw_batches):
+            try:
+                _env, body = open_envelope(raw, self.roster)
+                batch = codec.expect(body, Batch)
+            except ProtocolError as e:
+                raise SyncStopped(
+                    e.code,
+                    f"batch {i} of a pull reply was refused: {e}",
+                    "the hub relayed a batch this node cannot trust; check the roster on the "
+                    "hub and on this node, then POST /v1/sync",
+                ) from None
+            events.extend(batch.events)
+        return events
+
+    async def pull_all(self, wait_ms: int, *, interruptible: bool = False) -> int:
+        """Pull and apply until the hub has nothing more; returns events applied."""
+        total = 0
+        async with self._pull_lock:
+            if not interruptible:
+                self._poll_interrupt.clear()
+            while True:
+                hub_epoch, cursor = await self._pull_from()
+                reply = await self._request(hub_epoch, cursor, wait_ms, interruptible)
+                if reply.hub_epoch != hub_epoch:
+                    raise Resync(f"the hub's epoch changed from {hub_epoch} to {reply.hub_epoch}")
+                events = self._verify(reply.batches)
+                if events or reply.cursor != cursor or self._pull_override is not None:
+                    await self._apply(events, reply.hub_epoch, reply.cursor)
+                    self._pull_override = None
+                self.cursor = (reply.hub_epoch, reply.cursor)
+                self.hub_head = reply.head
+                total += len(events)
+                if not reply.more:
+                    break
+                wait_ms = 0
+            self.last_pull_ok = time.time()
+        return total
+
+    async def _apply(self, events: list, hub_epoch: int, cursor: int) -> None:
+        try:
+            await self.db.write("apply", self.store.apply_remote, events, now_ms=now_ms(),
+                                cursor=("hub", hub_epoch, cursor))
+        except ProtocolError:
+            self._replay_failed()
+            raise
+        except Exception as e:  # the store refused the batch: count, retry, then stop
+            self._replay_failed()
+            if self.replay_failures > self.s.replay_retry_threshold:
+                raise SyncStopped(
+                    getattr(e, "code", type(e).__name__),
+                    f"applying {len(events)} pulled events failed {self.replay_failures} "
+                    f"times: {e}",
+                    "see the node log; fix the cause (schema, disk) and POST /v1/sync",
+                ) from e
+            raise ApplyFailed(f"applying pulled events failed, will retry: {e}") from e
+        self.replay_failures = 0
+        self.metrics.pulled_events.inc(len(events))
+        if events:
+            newest = max(ev.hlc for ev in events) >> 16
+            self.metrics.replay_lag.observe(max(0.0, time.time() - newest / 1000))
+
+    def _replay_failed(self) -> None:
+        self.replay_failures += 1
+        self.metrics.replay_failures.inc()

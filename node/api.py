@@ -1,0 +1,443 @@
+"""The node's local HTTP API: rows, ownership, conflicts, sync, status and metrics.
+
+Every route is in ``ROUTES`` below with the role it needs; the middleware authenticates
+the bearer token before a handler runs (``/healthz`` and the static UI shell are the only
+open paths: the UI asks for a token and sends it with every call).  Handlers validate
+the whole request before they call the store, and the store's own refusals are typed
+and change nothing, so a refused request never leaves a trace in the data.  Errors are
+JSON ``{"error": {"code", "message", "hint"}}`` with the codes of ``node/errors.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import errors as E
+from .auth import ADMIN, CLERK, OPERATOR, Caller, authenticate
+from .transport import HubUnreachable
+
+log = logging.getLogger("riversync.node.api")
+
+STATIC_DIR = Path(__file__).parent / "static"
+OPEN_PATHS = ("/healthz", "/", "/ui", "/static/")
+MAX_LIST_LIMIT = 1000
+CTX_KEY = web.AppKey("riversync_node", object)
+
+# Engine refusals, by class name, to the API's codes (the engine's types stay inside it).
+ENGINE_ERRORS: dict[str, type[E.ApiError]] = {
+    "UnknownTable": E.UnknownTable,
+    "UnknownColumn": E.UnknownColumn,
+    "BadValue": E.BadValue,
+    "BadPrimaryKey": E.BadValue,
+    "MissingValue": E.BadValue,
+    "NotOwner": E.NotOwner,
+    "RowNotFound": E.RowNotFound,
+    "RowExists": E.RowExists,
+    "ConflictNotFound": E.ConflictNotFound,
+    "UnknownConflict": E.ConflictNotFound,
+    "ConflictClosed": E.ConflictClosed,
+    "ConflictResolved": E.ConflictClosed,
+    "BadDecision": E.BadRequest,
+    "UnknownOffice": E.BadValue,
+}
+
+
+def api_error_from(exc: Exception) -> E.ApiError | None:
+    """The API error for an engine refusal, or None when ``exc`` is not one."""
+    for cls in type(exc).__mro__:
+        mapped = ENGINE_ERRORS.get(cls.__name__)
+        if mapped is not None:
+            err = mapped(str(getattr(exc, "message", None) or exc))
+            hint = getattr(exc, "hint", None)
+            if isinstance(hint, str) and hint:
+                err.hint = hint
+            return err
+    return None
+
+
+def ctx_of(request: web.Request) -> Any:
+    return request.app[CTX_KEY]
+
+
+def caller_of(request: web.Request) -> Caller:
+    return request["caller"]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_default, ensure_ascii=False)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, bytes | bytearray | memoryview):
+        return {"$hex": bytes(o).hex()}
+    if isinstance(o, tuple | set | frozenset):
+        return list(o)
+    if hasattr(o, "__dict__"):
+        return {k: v for k, v in vars(o).items() if not k.startswith("_")}
+    return str(o)
+
+
+async def read_json(request: web.Request) -> dict:
+    """The request body as a JSON object.
+
+    Raises:
+        BadJson: empty, not JSON, or not an object.
+    """
+    raw = await request.read()
+    if not raw:
+        raise E.BadJson("the request body is empty; a JSON object is expected")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise E.BadJson(f"the request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise E.BadJson(f"the request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def values_of(body: dict, key: str = "values", *, required: bool = True) -> dict:
+    values = body.get(key)
+    if values is None and not required:
+        return {}
+    if not isinstance(values, dict):
+        raise E.BadRequest(f"'{key}' must be an object of column: value", field=key)
+    for col, val in values.items():
+        if isinstance(val, dict | list):
+            raise E.BadValue(f"column {col!r}: a value must be text, a number, true/false or "
+                             f"null, got {type(val).__name__}", field=f"{key}.{col}")
+    return values
+
+
+def flag(body: dict, key: str) -> bool:
+    v = body.get(key, False)
+    if not isinstance(v, bool):
+        raise E.BadRequest(f"'{key}' must be true or false", field=key)
+    return v
+
+
+def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise E.BadRequest(f"query parameter {name!r} must be an integer", field=name) from None
+    if not lo <= v <= hi:
+        raise E.BadRequest(f"query parameter {name!r} must be between {lo} and {hi}", field=name)
+    return v
+
+
+def event_json(ev: Any) -> dict:
+    return {"kind": ev.kind, "node": ev.node, "epoch": ev.epoch, "seq": ev.seq, "hlc": ev.hlc,
+            "table": ev.table, "pk": ev.pk}
+
+
+# ---- middleware -------------------------------------------------------------------------
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
+    try:
+        path = request.path
+        if not (path == "/" or any(path == p or (p.endswith("/") and path.startswith(p))
+                                   for p in OPEN_PATHS)):
+            ctx = ctx_of(request)
+            caller = authenticate(request.headers.get("Authorization"), ctx.roster)
+            request["caller"] = caller
+            role = ROLE_OF.get(getattr(request.match_info, "handler", None))
+            if role is not None:
+                caller.require(role, f"{request.method} {request.path}")
+        return await handler(request)
+    except E.ApiError as e:
+        return json_response(e.to_json(), status=e.status)
+    except web.HTTPException as e:
+        if e.status == 404:
+            err: E.ApiError = E.NotFound(f"no endpoint {request.method} {request.path}")
+        elif e.status == 405:
+            err = E.BadRequest(f"{request.method} is not allowed on {request.path}")
+        elif e.status == 413:
+            err = E.BadRequest("the request body is too large")
+        else:
+            raise
+        return json_response(err.to_json(), status=e.status)
+    except Exception as e:  # noqa: BLE001 - the engine's typed refusals arrive here
+        mapped = api_error_from(e)
+        if mapped is not None:
+            return json_response(mapped.to_json(), status=mapped.status)
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        err = E.Internal(f"{type(e).__name__}: {e}")
+        return json_response(err.to_json(), status=err.status)
+
+
+# ---- handlers ---------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    level, _ = await ctx.health()
+    return json_response({"status": level, "node": ctx.node_id})
+
+
+async def ui(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def status(request: web.Request) -> web.Response:
+    return json_response(await ctx_of(request).status())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    await ctx.health()
+    body = generate_latest(ctx.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def tables(request: web.Request) -> web.Response:
+    return json_response({"tables": ctx_of(request).describe_tables()})
+
+
+def table_arg(request: web.Request) -> str:
+    ctx = ctx_of(request)
+    table = request.match_info["table"]
+    if table not in ctx.table_names():
+        raise E.UnknownTable(f"there is no table {table!r} in this node's schema")
+    return table
+
+
+async def list_rows(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    table = table_arg(request)
+    limit = int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
+    offset = int_param(request, "offset", 0, 0, 1 << 62)
+    rows = await ctx.db.run(ctx.store.list_rows, table, limit=limit, offset=offset)
+    return json_response({"table": table, "rows": rows, "limit": limit, "offset": offset})
+
+
+async def get_row(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    table = table_arg(request)
+    pk = request.match_info["pk"]
+    row = await ctx.db.run(ctx.store.get_row, table, pk)
+    if row is None:
+        raise E.RowNotFound(f"{table} {pk!r} does not exist here")
+    return json_response({"table": table, "pk": pk, "row": row})
+
+
+async def _commit(request: web.Request, changes: list, *, admin: bool) -> web.Response:
+    ctx = ctx_of(request)
+    caller = caller_of(request)
+    if admin and not caller.is_admin:
+        raise E.Forbidden(f"user {caller.name!r} is a {caller.role}; an admin override needs the "
+                          "admin role")
+    events = await ctx.commit(changes, caller, admin=admin)
+    ch = changes[0]
+    row = await ctx.db.run(ctx.store.get_row, ch.table, ch.pk)
+    return json_response({"ok": True, "events": [event_json(e) for e in events], "row": row},
+                         status=201 if ch.kind == "create" else 200)
+
+
+async def create_row(request: web.Request) -> web.Response:
+    from riversync.engine.store import LocalChange
+
+    table = table_arg(request)
+    body = await read_json(request)
+    pk = body.get("pk")
+    if not isinstance(pk, str) or not pk:
+        raise E.BadRequest("'pk' (the primary key, as text) is required", field="pk")
+    values = values_of(body)
+    admin = flag(body, "admin")
+    return await _commit(request, [LocalChange(kind="create", table=table, pk=pk,
+                                               values=values)], admin=admin)
+
+
+async def update_row(request: web.Request) -> web.Response:
+    from riversync.engine.store import LocalChange
+
+    table = table_arg(request)
+    body = await read_json(request)
+    values = values_of(body)
+    if not values:
+        raise E.BadRequest("'values' names no column to change", field="values")
+    admin = flag(body, "admin")
+    pk = request.match_info["pk"]
+    return await _commit(request, [LocalChange(kind="update", table=table, pk=pk,
+                                               values=values)], admin=admin)
+
+
+async def delete_row(request: web.Request) -> web.Response:
+    from riversync.engine.store import LocalChange
+
+    table = table_arg(request)
+    admin = request.query.get("admin", "false").lower() in ("1", "true", "yes")
+    pk = request.match_info["pk"]
+    return await _commit(request, [LocalChange(kind="delete", table=table, pk=pk)], admin=admin)
+
+
+async def transfer_row(request: web.Request) -> web.Response:
+    from riversync.engine.store import LocalChange
+
+    ctx = ctx_of(request)
+    table = table_arg(request)
+    body = await read_json(request)
+    owner = body.get("owner")
+    if not isinstance(owner, str) or owner not in ctx.roster.offices:
+        raise E.BadValue(f"'owner' must be one of the offices {ctx.roster.offices}",
+                         field="owner")
+    admin = flag(body, "admin")
+    pk = request.match_info["pk"]
+    return await _commit(request, [LocalChange(kind="transfer", table=table, pk=pk,
+                                               owner=owner)], admin=admin)
+
+
+async def list_conflicts(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    caller_of(request).require(OPERATOR, "listing conflicts")
+    open_only = request.query.get("all", "false").lower() not in ("1", "true", "yes")
+    conflicts = await ctx.db.run(ctx.store.conflicts, open_only=open_only)
+    parked = await ctx.db.run(ctx.store.parked)
+    return json_response({"conflicts": conflicts, "parked": parked})
+
+
+async def show_conflict(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    caller_of(request).require(OPERATOR, "reading a conflict")
+    cid = request.match_info["cid"]
+    c = await ctx.db.run(ctx.store.conflict, cid)
+    if c is None:
+        raise E.ConflictNotFound(f"there is no conflict {cid!r} on this node")
+    return json_response({"conflict": c})
+
+
+async def resolve_conflict(request: web.Request) -> web.Response:
+    from riversync.engine.store import LocalChange
+
+    ctx = ctx_of(request)
+    caller = caller_of(request)
+    caller.require(OPERATOR, "resolving a conflict")
+    cid = request.match_info["cid"]
+    body = await read_json(request)
+    decision = body.get("decision")
+    if decision not in ("accept", "keep", "merge"):
+        raise E.BadRequest("'decision' must be 'accept' (take the incoming change), 'keep' "
+                           "(keep the local state) or 'merge' (with 'values')", field="decision")
+    values = values_of(body, required=decision == "merge")
+    if decision != "merge" and values:
+        raise E.BadRequest("'values' only goes with decision 'merge'", field="values")
+    admin = flag(body, "admin")
+    c = await ctx.db.run(ctx.store.conflict, cid)
+    if c is None:
+        raise E.ConflictNotFound(f"there is no conflict {cid!r} on this node")
+    if not _is_open(c):
+        raise E.ConflictClosed(f"conflict {cid!r} is already resolved")
+    if admin and not caller.is_admin:
+        raise E.Forbidden("an admin override needs the admin role")
+    change = LocalChange(kind="resolve", table=c["table"], pk=c["pk"], conflict=cid,
+                         decision=decision, values=values or None)
+    events = await ctx.commit([change], caller, admin=admin)
+    after = await ctx.db.run(ctx.store.conflict, cid)
+    return json_response({"ok": True, "events": [event_json(e) for e in events],
+                          "conflict": after})
+
+
+def _is_open(c: dict) -> bool:
+    if "open" in c:
+        return bool(c["open"])
+    status_ = c.get("status") or c.get("state")
+    return status_ in (None, "open")
+
+
+async def sync_now(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    caller_of(request).require(OPERATOR, "sync now")
+    try:
+        result = await ctx.agent.sync_now()
+    except HubUnreachable as e:
+        raise E.Unavailable(f"the hub did not answer: {e}",
+                            hint="the node keeps its changes and retries by itself") from None
+    except Exception as e:  # noqa: BLE001 - typed sync failures become a 502 with their code
+        err = ctx.agent.error or {}
+        return json_response({"error": {"code": err.get("code", type(e).__name__),
+                                        "message": err.get("message", str(e)),
+                                        "hint": err.get("hint", "")}}, status=502)
+    return json_response({"ok": True, **result, "status": await ctx.status()})
+
+
+async def digests(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    caller_of(request).require(OPERATOR, "reading digests")
+    return json_response(await ctx.digests())
+
+
+async def audit(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    caller_of(request).require(OPERATOR, "reading the audit")
+    limit = int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
+    return json_response({"audit": await ctx.db.run(ctx.store.audit, limit=limit)})
+
+
+async def backup(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    caller_of(request).require(OPERATOR, "taking a backup")
+    return json_response(await ctx.take_backup(), status=201)
+
+
+async def restore(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    caller_of(request).require(ADMIN, "restoring from a backup")
+    body = await read_json(request)
+    path = body.get("backup")
+    if not isinstance(path, str) or not path:
+        raise E.BadRequest("'backup' (path of a backup file on this machine) is required",
+                           field="backup")
+    return json_response(await ctx.restore(Path(path)))
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# method, path, handler, role (None: open).  The role here is the least any caller needs;
+# handlers check more where the body decides (admin overrides).
+ROUTES: list[tuple[str, str, Handler, str | None]] = [
+    ("GET", "/healthz", healthz, None),
+    ("GET", "/", ui, None),
+    ("GET", "/ui", ui, None),
+    ("GET", "/v1/status", status, CLERK),
+    ("GET", "/metrics", metrics, CLERK),
+    ("GET", "/v1/tables", tables, CLERK),
+    ("GET", "/v1/tables/{table}/rows", list_rows, CLERK),
+    ("POST", "/v1/tables/{table}/rows", create_row, CLERK),
+    ("GET", "/v1/tables/{table}/rows/{pk}", get_row, CLERK),
+    ("PATCH", "/v1/tables/{table}/rows/{pk}", update_row, CLERK),
+    ("DELETE", "/v1/tables/{table}/rows/{pk}", delete_row, CLERK),
+    ("POST", "/v1/tables/{table}/rows/{pk}/transfer", transfer_row, CLERK),
+    ("GET", "/v1/conflicts", list_conflicts, OPERATOR),
+    ("GET", "/v1/conflicts/{cid}", show_conflict, OPERATOR),
+    ("POST", "/v1/conflicts/{cid}/resolve", resolve_conflict, OPERATOR),
+    ("POST", "/v1/sync", sync_now, OPERATOR),
+    ("GET", "/v1/digests", digests, OPERATOR),
+    ("GET", "/v1/audit", audit, OPERATOR),
+    ("POST", "/v1/backup", backup, OPERATOR),
+    ("POST", "/v1/restore", restore, ADMIN),
+]
+
+
+ROLE_OF: dict[Any, str] = {h: role for _m, _p, h, role in ROUTES if role is not None}
+
+
+def add_routes(app: web.Application) -> None:
+    for method, path, handler, _role in ROUTES:
+        app.router.add_route(method, path, handler)
+    app.router.add_static("/static/", STATIC_DIR, show_index=False)
+

@@ -1,0 +1,46 @@
+"""Shared by the operator commands: load a node config and reach its node."""
+
+from __future__ import annotations
+
+from riversync.cli import EXIT_CRITICAL, EXIT_UNAVAILABLE, CommandError
+from riversync.config import ConfigError, load_node_config
+from riversync.node.client import NodeClient, NodeRefused, NodeUnreachable, node_url, token_for
+
+
+def add_config_arg(p, *, multiple: bool = False) -> None:
+    if multiple:
+        p.add_argument("-c", "--config", action="append", required=True, metavar="NODE.toml",
+                       help="a node's config file (give one per node)")
+    else:
+        p.add_argument("-c", "--config", required=True, metavar="NODE.toml",
+                       help="the node's config file (node-<office>.toml)")
+    p.add_argument("--token", default=None,
+                   help="API token (default: $RIVERSYNC_TOKEN, else the cluster's tokens.txt)")
+
+
+def load(path: str):
+    try:
+        return load_node_config(path)
+    except ConfigError as e:
+        raise CommandError(str(e), e.hint, exit_code=EXIT_CRITICAL) from None
+
+
+def client_for(cfg, token: str | None, timeout_s: float = 30.0, *,
+               admin: bool = False) -> NodeClient:
+    tok = token_for(cfg, token, prefer=("admin",) if admin else ())
+    if tok is None:
+        raise CommandError(f"no API token for node {cfg.node_id}",
+                           "pass --token or set RIVERSYNC_TOKEN", exit_code=EXIT_CRITICAL)
+    return NodeClient(node_url(cfg), tok, timeout_s)
+
+
+def call(fn, *args, **kwargs):
+    """Run one API call; its failures become CommandErrors with a next step."""
+    try:
+        return fn(*args, **kwargs)
+    except NodeUnreachable as e:
+        raise CommandError(f"the node does not answer: {e}",
+                           "start it with `riversync node serve -c NODE.toml`",
+                           exit_code=EXIT_UNAVAILABLE) from None
+    except NodeRefused as e:
+        raise CommandError(f"the node refused: {e.code}: {e.message}", e.hint) from None

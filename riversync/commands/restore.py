@@ -1,0 +1,65 @@
+"""``riversync restore``: put a backup in place and start a new node epoch at once.
+
+If the node daemon runs, it does the restore itself (``POST /v1/restore``): it pauses
+replication, closes the database, swaps the files, starts the new epoch and resumes, so
+nothing writes over the restored file.  Otherwise the command does the same steps with
+the node's lock held.  The old database and any ``-wal``/``-shm`` are moved aside, never
+deleted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from riversync.cli import EXIT_CRITICAL, EXIT_UNAVAILABLE, CommandError
+
+from ._nodecfg import add_config_arg, call, client_for, load
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("restore", help="restore a node from a backup (new node epoch)")
+    add_config_arg(p)
+    p.add_argument("backup", metavar="BACKUP.db", help="a file made by `riversync backup`")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_restore)
+
+
+def cmd_restore(args) -> int:
+    from riversync.node import backup as backups
+    from riversync.node.daemon import NodeLocked, db_lock, is_locked, schema_path_for
+    from riversync.node.restore import restore_into_closed
+
+    cfg = load(args.config)
+    backup = Path(args.backup).resolve()
+    try:
+        backups.verify_backup(backup)
+    except backups.BackupError as e:
+        raise CommandError(str(e), e.hint, EXIT_CRITICAL) from None
+    if is_locked(cfg.db_path):
+        res = call(client_for(cfg, args.token, 120.0, admin=True).post, "/v1/restore",
+                   {"backup": str(backup)})
+        how = "by the running node"
+    else:
+        from riversync.engine.schema import load_schema
+
+        schema = load_schema(schema_path_for(cfg))
+        try:
+            with db_lock(cfg.db_path):
+                res = restore_into_closed(cfg, schema, backup, cfg.hub_url)
+                res.pop("store").close()
+        except NodeLocked as e:
+            raise CommandError(str(e), "stop the node, or retry so the node restores",
+                               EXIT_UNAVAILABLE) from None
+        how = "with the node stopped"
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"Restored node {cfg.node_id} from {backup.name} {how}.")
+        print(f"  new node epoch {res['new_epoch']} (was {res['old_epoch']}); the hub holds "
+              f"events up to {res['hub_last_seq']} of the old epoch "
+              f"(according to the {res['hub_last_seq_from']})")
+        for p in res.get("moved_aside", []):
+            print(f"  kept the previous file as {p}")
+        print("The node pulls back what the hub holds at its next sync.")
+    return 0

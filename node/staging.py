@@ -1,0 +1,937 @@
+"""Staging: where Excel rows and email requests wait until a person approves them.
+
+Theory of operation
+-------------------
+Nothing that arrives in a file writes a replicated table.  An import makes a **batch**
+(one per file, sheet or message) of **staging rows**; each row is checked on arrival
+against the table's column rules (types, required, patterns, uniqueness inside the file)
+and against live data (who owns the key, which unique values are taken) and is stored
+``valid`` or ``invalid`` with reasons a clerk understands (column and row named).
+
+``apply`` re-checks every included valid row against live data *at that moment* (another
+office's change may have arrived since the import), and then either turns all of them
+into ordinary events with ONE ``Store.commit_local`` call, tagged
+``source="staging:<batch id>"`` so the audit traces each change back to its batch, or
+changes nothing and marks the batch ``failed`` with the reason on the row.  The batch
+is marked ``applied`` in the same SQLite transaction as the events (the staging tables
+live in the node's own database file), so a crash leaves none or all and a re-run
+finds the batch applied and adds nothing.  ``reject`` keeps the batch and its rows for
+the record.
+
+Batch states: ``pending`` -> ``applied`` | ``rejected`` | ``failed``; a failed batch can
+be corrected (``edit_row``, ``exclude``) and applied again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from riversync.engine.db import migrate, transaction
+
+# ---------------------------------------------------------------------------------------
+# errors
+
+
+class StagingError(Exception):
+    """Root of staging's refusals: a stable code, an HTTP status, words for a person."""
+
+    code = "STAGING_ERROR"
+    http_status = 400
+    hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def to_json(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "hint": self.hint}}
+
+
+class BatchNotFound(StagingError):
+    code = "STAGING_BATCH_NOT_FOUND"
+    http_status = 404
+    hint = "`riversync staging list` shows the batches of this node"
+
+
+class RowNotStaged(StagingError):
+    code = "STAGING_ROW_NOT_FOUND"
+    http_status = 404
+    hint = "`riversync staging show ID` lists the rows of a batch with their numbers"
+
+
+class BatchClosed(StagingError):
+    code = "STAGING_BATCH_CLOSED"
+    http_status = 409
+    hint = "an applied or rejected batch is kept for the record; import the file again"
+
+
+class ConfirmationRequired(StagingError):
+    code = "STAGING_CONFIRM_REQUIRED"
+    http_status = 409
+    hint = "the file is a riversync export; re-run apply with --confirm-reimport if you mean it"
+
+
+class ApplyRefused(StagingError):
+    """Apply found rows that are no longer valid; nothing was written."""
+
+    code = "STAGING_APPLY_REFUSED"
+    http_status = 409
+    hint = "`riversync staging show ID --invalid` lists the rows and reasons; fix or exclude them"
+
+
+class NothingToApply(StagingError):
+    code = "STAGING_NOTHING_TO_APPLY"
+    http_status = 409
+    hint = "every row is invalid or excluded; fix the file and import it again"
+
+
+class UnknownStagingTable(StagingError):
+    code = "STAGING_UNKNOWN_TABLE"
+    http_status = 404
+    hint = "name a table of this node's schema with --table"
+
+
+# ---------------------------------------------------------------------------------------
+# column rules
+
+
+TYPES = ("text", "integer", "real", "boolean", "date", "money", "blob")  # the schema's types
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    """What an imported value must look like to go into one column."""
+
+    name: str
+    type: str = "text"
+    required: bool = False
+    pattern: str | None = None  # a full-match regular expression, for TEXT
+    unique: bool = False
+    date_format: str = "DD/MM/YYYY"  # how dates typed as text are read
+    aliases: tuple[str, ...] = ()  # other header spellings that mean this column
+    references: str | None = None  # the table whose key this column holds
+
+    def __post_init__(self):
+        if self.type not in TYPES:
+            raise ValueError(f"column {self.name}: type {self.type!r} is not one of {TYPES}")
+
+
+@dataclass(frozen=True)
+class TableRules:
+    """The staging view of one table: its key column and the columns a file may fill."""
+
+    name: str
+    key: str
+    columns: tuple[ColumnRule, ...]
+    parent_column: str | None = None  # ownership follows the row this column references
+
+    def column(self, name: str) -> ColumnRule | None:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# value coercion (shared by Excel and email)
+
+_DATE_FORMATS = {
+    "DD/MM/YYYY": "%d/%m/%Y",
+    "MM/DD/YYYY": "%m/%d/%Y",
+    "DD.MM.YYYY": "%d.%m.%Y",
+    "YYYY-MM-DD": "%Y-%m-%d",
+}
+_EXCEL_EPOCHS = (dt.date(1899, 12, 30), dt.date(1899, 12, 31), dt.date(1904, 1, 1))
+_MAX_EXACT_INT = 10**15  # Excel keeps 15 significant digits
+
+
+class ValueIssue(Exception):
+    """One value that cannot go into its column; the message is for a clerk."""
+
+
+def normalise_text(value: str) -> str:
+    """Trim spaces, NBSP and other Unicode whitespace at both ends."""
+    return value.strip()
+
+
+def coerce(rule: ColumnRule, value: Any, *, epoch: dt.datetime | None = None,
+           number_format: str | None = None) -> tuple[Any, str | None]:
+    """Return (value for the column, note or None); raise ValueIssue if it cannot fit.
+
+    ``epoch`` is the workbook's date system, used for serial numbers in date columns.
+    """
+    if isinstance(value, str):
+        value = normalise_text(value)
+        if value == "":
+            return None, None
+    if value is None:
+        return None, None
+    t = rule.type
+    if t == "text":
+        return _to_text(rule, value)
+    if t == "integer":
+        return _to_int(value), None
+    if t == "real":
+        return _to_real(value), None
+    if t == "boolean":
+        return _to_bool(value), None
+    if t == "date":
+        return _to_date(rule, value, epoch)
+    if t == "money":
+        return _to_money(value)
+    raise ValueIssue("binary data cannot be imported from a file")
+
+
+def _to_text(rule: ColumnRule, value: Any) -> tuple[str, str | None]:
+    if isinstance(value, bool):
+        return ("TRUE" if value else "FALSE"), None
+    if isinstance(value, int | float):
+        if abs(value) >= _MAX_EXACT_INT:
+            raise ValueIssue(
+                f"{_num(value)} is a number with 16 or more digits: Excel keeps only 15, so "
+                "precision is lost; format the column as Text and type the ID again"
+            )
+        text = str(int(value)) if float(value).is_integer() else repr(float(value))
+        if rule.pattern and not re.fullmatch(rule.pattern, text):
+            padded = re.fullmatch(rule.pattern, text.rjust(len(text) + 1, "0")) or any(
+                re.fullmatch(rule.pattern, "0" * k + text) for k in range(1, 16)
+            )
+            if padded:
+                raise ValueIssue(
+                    f"the cell holds the number {text}: leading zeros are lost; format the "
+                    "column as Text and type the ID with its zeros"
+                )
+            raise ValueIssue(f"the cell holds the number {text}, which does not match {rule.pattern}")
+        return text, None
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat(), None
+    return str(value), None
+
+
+def _num(value: int | float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueIssue("expected a whole number, found TRUE/FALSE")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise ValueIssue(f"expected a whole number, found {value!r}")
+    if isinstance(value, str):
+        s = value.replace("\u00a0", "").replace(" ", "")
+        if re.fullmatch(r"[+-]?\d+", s):
+            return int(s)
+        if re.fullmatch(r"[+-]?\d+\.0*", s):
+            return int(s.split(".")[0])
+        raise ValueIssue(f"expected a whole number, found {value!r}")
+    raise ValueIssue(f"expected a whole number, found {type(value).__name__}")
+
+
+def _to_real(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueIssue("expected a number, found TRUE/FALSE")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.replace("\u00a0", "").replace(" ", ""))
+        except ValueError:
+            pass
+    raise ValueIssue(f"expected a number, found {value!r}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        s = value.casefold()
+        if s in ("yes", "y", "true", "1", "x"):
+            return True
+        if s in ("no", "n", "false", "0"):
+            return False
+    raise ValueIssue(f"expected yes or no, found {value!r}")
+
+
+def _is_time_only(value: dt.datetime) -> bool:
+    return value.date() in _EXCEL_EPOCHS and value.time() != dt.time(0)
+
+
+def _to_date(rule: ColumnRule, value: Any, epoch: dt.datetime | None) -> tuple[str, str | None]:
+    if isinstance(value, dt.time):
+        raise ValueIssue("time without date: type the full date")
+    if isinstance(value, dt.timedelta):
+        raise ValueIssue("a duration, not a date: type the full date")
+    if isinstance(value, dt.datetime):
+        if _is_time_only(value):
+            raise ValueIssue("time without date: type the full date")
+        if value.time() != dt.time(0):
+            raise ValueIssue(f"date column holds a date and time ({value.isoformat(' ')})")
+        return value.date().isoformat(), None
+    if isinstance(value, dt.date):
+        return value.isoformat(), None
+    if isinstance(value, bool):
+        raise ValueIssue("expected a date, found TRUE/FALSE")
+    if isinstance(value, int | float):
+        if epoch is None:
+            raise ValueIssue(f"number {_num(value)} in a date column: type the date as {rule.date_format}")
+        if not float(value).is_integer():
+            raise ValueIssue(f"number {value!r} in a date column has a time part")
+        if not 1 <= value <= 2958465:
+            raise ValueIssue(f"number {_num(value)} in a date column is not a date")
+        day = epoch.date() + dt.timedelta(days=int(value))
+        if epoch.date() == dt.date(1899, 12, 30) and value < 61:
+            day += dt.timedelta(days=1)  # Excel's 1900 leap-year bug before 1 March 1900
+        system = "1904" if epoch.year == 1904 else "1900"
+        return day.isoformat(), f"serial number {int(value)} read as a date ({system} date system)"
+    if isinstance(value, str):
+        for fmt in ("%Y-%m-%d", _DATE_FORMATS.get(rule.date_format, "%d/%m/%Y")):
+            try:
+                return dt.datetime.strptime(value, fmt).date().isoformat(), None
+            except ValueError:
+                continue
+        raise ValueIssue(f"{value!r} is not a date in the form {rule.date_format}")
+    raise ValueIssue(f"expected a date, found {type(value).__name__}")
+
+
+def _to_money(value: Any) -> tuple[int, str | None]:
+    """Money is stored as an integer number of cents; a sheet holds currency units."""
+    if isinstance(value, bool):
+        raise ValueIssue("expected an amount, found TRUE/FALSE")
+    if isinstance(value, str):
+        s = value.replace("\u00a0", "").replace(" ", "").replace(",", "")
+        if not re.fullmatch(r"[+-]?\d+(\.\d{1,2})?", s):
+            raise ValueIssue(f"expected an amount like 1500.00, found {value!r}")
+        value = float(s)
+    if isinstance(value, int | float):
+        cents = round(value * 100)
+        if abs(value * 100 - cents) > 1e-6:
+            raise ValueIssue(f"amount {value!r} has more than 2 decimal places")
+        return int(cents), None
+    raise ValueIssue(f"expected an amount, found {type(value).__name__}")
+
+
+def check_pattern(rule: ColumnRule, value: Any) -> None:
+    if rule.pattern and isinstance(value, str) and not re.fullmatch(rule.pattern, value):
+        raise ValueIssue(f"{value!r} does not match the form {rule.pattern}")
+
+
+# ---------------------------------------------------------------------------------------
+# staged rows
+
+
+@dataclass
+class StagedRow:
+    """One incoming row, before storage: values by column, issues and notes."""
+
+    row_no: int
+    values: dict[str, Any]
+    errors: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    key: str | None = None
+    op: str | None = None  # "create" | "update", decided against live data
+
+    def error(self, column: str | None, message: str) -> None:
+        self.errors.append({"column": column or "", "message": message})
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+
+def check_row(rules: TableRules, raw: dict[str, Any], row: StagedRow, *,
+              epoch: dt.datetime | None = None) -> None:
+    """Coerce ``raw`` (column -> incoming value) into ``row.values``, recording issues."""
+    for col in rules.columns:
+        if col.name not in raw:
+            continue
+        try:
+            value, note = coerce(col, raw[col.name], epoch=epoch)
+            check_pattern(col, value)
+        except ValueIssue as e:
+            row.error(col.name, str(e))
+            continue
+        row.values[col.name] = value
+        if note:
+            row.notes.append(f"{col.name}: {note}")
+    for col in rules.columns:
+        if col.required and row.values.get(col.name) is None and not _has_error(row, col.name):
+            row.error(col.name, f"{col.name} required")
+    key = row.values.get(rules.key)
+    row.key = None if key is None else str(key)
+
+
+def _has_error(row: StagedRow, column: str) -> bool:
+    return any(e["column"] == column for e in row.errors)
+
+
+class FileChecks:
+    """Checks that need the whole file: duplicate keys and unique values inside it."""
+
+    def __init__(self, rules: TableRules):
+        self.rules = rules
+        self.keys: dict[str, int] = {}
+        self.uniques: dict[str, dict[Any, int]] = {c.name: {} for c in rules.columns if c.unique}
+
+    def check(self, row: StagedRow) -> None:
+        if row.key is not None:
+            first = self.keys.setdefault(row.key, row.row_no)
+            if first != row.row_no:
+                row.error(self.rules.key, f"duplicate key {row.key} in the file (also on row {first})")
+        for name, seen in self.uniques.items():
+            v = row.values.get(name)
+            if v is None:
+                continue
+            first = seen.setdefault(v, row.row_no)
+            if first != row.row_no:
+                row.error(name, f"{name} {v} appears twice in the file (also on row {first})")
+
+
+class LiveView(Protocol):
+    """What validation needs to know of live data; the engine's Store provides it."""
+
+    office: str
+
+    def owner_of(self, table: str, key: str) -> str | None:
+        """The owning office of a live row, or None if there is no live row."""
+
+    def holder_of(self, table: str, column: str, value: Any) -> str | None:
+        """The key of a live row whose ``column`` equals ``value``, or None."""
+
+
+def check_live(rules: TableRules, row: StagedRow, live: LiveView) -> None:
+    """Ownership, references and uniqueness against live data; sets ``row.op``."""
+    if row.key is None:
+        return
+    owner = live.owner_of(rules.name, row.key)
+    if owner is None:
+        row.op = "create"
+        if rules.parent_column:
+            parent_rule = rules.column(rules.parent_column)
+            parent = row.values.get(rules.parent_column)
+            if parent is not None and parent_rule is not None and parent_rule.references:
+                p_owner = live.owner_of(parent_rule.references, str(parent))
+                if p_owner is not None and p_owner != live.office:
+                    row.error(rules.parent_column,
+                              f"{parent} is owned by office {p_owner}; only {p_owner} can add "
+                              f"rows under it")
+    elif owner != live.office:
+        row.error(rules.key, f"{row.key} is owned by office {owner}; only {owner} can change it")
+    else:
+        row.op = "update"
+    for col in rules.columns:
+        v = row.values.get(col.name)
+        if v is None:
+            continue
+        if col.references and live.owner_of(col.references, str(v)) is None:
+            row.error(col.name, f"{col.references} {v} does not exist; create it first")
+        if col.unique:
+            holder = live.holder_of(rules.name, col.name, v)
+            if holder is not None and holder != row.key:
+                row.error(col.name, f"{col.name} {v} is already used by {holder}")
+
+
+def rules_from_schema(schema, table: str, extra: dict | None = None) -> TableRules:
+    """Staging rules for one table of an engine Schema, plus the import-only options.
+
+    ``extra`` is the schema file's ``[import.<table>]`` section: per column ``pattern``,
+    ``unique``, ``date_format``, ``aliases`` (the engine ignores these; staging checks
+    them before anything reaches the engine).
+
+    Raises:
+        UnknownStagingTable: the schema has no such table.
+    """
+    t = schema.table(table)
+    if t is None:
+        names = ", ".join(sorted(schema.tables))
+        raise UnknownStagingTable(f"the schema has no table {table!r}; it has {names}")
+    extra = extra or {}
+    cols = [ColumnRule(t.primary_key, "text", required=True, **_opts(extra.get(t.primary_key)))]
+    for c in t.columns.values():
+        cols.append(ColumnRule(c.name, c.type, required=c.required and c.default is None,
+                               references=c.references, **_opts(extra.get(c.name))))
+    return TableRules(t.name, t.primary_key, tuple(cols), parent_column=t.parent_column)
+
+
+def _opts(spec: dict | None) -> dict:
+    if not spec:
+        return {}
+    out: dict[str, Any] = {}
+    for k in ("pattern", "unique", "date_format"):
+        if k in spec:
+            out[k] = spec[k]
+    if "aliases" in spec:
+        out["aliases"] = tuple(spec["aliases"])
+    return out
+
+
+def load_import_options(schema_path: str) -> dict:
+    """The ``[import]`` section of a schema file (import-only column options)."""
+    import tomllib
+
+    with open(schema_path, "rb") as f:
+        doc = tomllib.load(f)
+    section = doc.get("import", {})
+    return section if isinstance(section, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------
+# storage
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS staging_batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,                 -- xlsx | email
+    table_name TEXT,
+    source TEXT NOT NULL,               -- file name, or email:<message key>
+    sha256 TEXT NOT NULL,
+    sheet TEXT,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    reason TEXT NOT NULL DEFAULT '',
+    flags TEXT NOT NULL DEFAULT '[]',
+    notes TEXT NOT NULL DEFAULT '[]',
+    summary TEXT NOT NULL DEFAULT '{}',
+    confirm_required INTEGER NOT NULL DEFAULT 0,
+    closed_ms INTEGER,
+    closed_by TEXT,
+    events INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS staging_rows (
+    batch_id INTEGER NOT NULL REFERENCES staging_batches(id),
+    row_no INTEGER NOT NULL,
+    key TEXT,
+    op TEXT,
+    status TEXT NOT NULL,               -- valid | invalid
+    excluded INTEGER NOT NULL DEFAULT 0,
+    vals TEXT NOT NULL,
+    errors TEXT NOT NULL DEFAULT '[]',
+    notes TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (batch_id, row_no)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS staging_messages (
+    message_key TEXT PRIMARY KEY,       -- Message-ID, else sha256:<hex of the bytes>
+    batch_id INTEGER NOT NULL REFERENCES staging_batches(id),
+    file_name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    subject TEXT,
+    sender TEXT,
+    sent_at TEXT,
+    received_at TEXT,
+    flags TEXT NOT NULL DEFAULT '[]',
+    raw BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS staging_parts (
+    batch_id INTEGER NOT NULL REFERENCES staging_batches(id),
+    part_no INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    declared_charset TEXT,
+    used_charset TEXT,
+    filename TEXT,
+    raw BLOB NOT NULL,
+    text TEXT,
+    PRIMARY KEY (batch_id, part_no)
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS = [("staging_0001", lambda conn: conn.execute(SCHEMA_SQL))]
+PENDING, APPLIED, REJECTED, FAILED = "pending", "applied", "rejected", "failed"
+FLAG_EXPORT_REIMPORT = "export_reimport"
+_INSERT_CHUNK = 2000
+
+
+def _j(v: Any) -> str:
+    return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class BatchInfo:
+    id: int
+    kind: str
+    table: str | None
+    source: str
+    sha256: str
+    sheet: str | None
+    created_ms: int
+    created_by: str
+    state: str
+    reason: str
+    flags: list[str]
+    notes: list[str]
+    summary: dict
+    confirm_required: bool
+    closed_ms: int | None
+    closed_by: str | None
+    events: int
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id, "kind": self.kind, "table": self.table, "source": self.source,
+            "sha256": self.sha256, "sheet": self.sheet, "created_ms": self.created_ms,
+            "created_by": self.created_by, "state": self.state, "reason": self.reason,
+            "flags": self.flags, "notes": self.notes, "summary": self.summary,
+            "confirm_required": self.confirm_required, "closed_ms": self.closed_ms,
+            "closed_by": self.closed_by, "events": self.events,
+        }
+
+
+_BATCH_COLS = ("id, kind, table_name, source, sha256, sheet, created_ms, created_by, state, "
+               "reason, flags, notes, summary, confirm_required, closed_ms, closed_by, events")
+
+
+def _batch(r: tuple) -> BatchInfo:
+    return BatchInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
+                     json.loads(r[10]), json.loads(r[11]), json.loads(r[12]), bool(r[13]),
+                     r[14], r[15], r[16])
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+ProgressFn = Callable[[int], None]
+
+
+class Staging:
+    """Staging batches and rows, kept in tables of the node's own SQLite file.
+
+    ``conn`` is an apsw connection to that file; it must be the store's own connection
+    so that ``apply`` can commit the events and the batch's new state together.
+    """
+
+    def __init__(self, conn):
+        self.conn = conn
+        migrate(conn, MIGRATIONS)
+
+    # -- creating batches ---------------------------------------------------------------
+
+    def create_batch(self, *, kind: str, table: str | None, source: str, sha256: str,
+                     user: str, sheet: str | None = None, flags: Iterable[str] = (),
+                     notes: Iterable[str] = (), created_ms: int | None = None) -> int:
+        flags = list(flags)
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO staging_batches(kind, table_name, source, sha256, sheet, created_ms,"
+                " created_by, flags, notes, confirm_required) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (kind, table, source, sha256, sheet, created_ms or now_ms(), user, _j(flags),
+                 _j(list(notes)), int(FLAG_EXPORT_REIMPORT in flags)),
+            )
+            return self.conn.last_insert_rowid()
+
+    def add_rows(self, batch_id: int, rows: Iterable[StagedRow]) -> None:
+        """Store rows in chunks (one transaction each) so memory stays bounded."""
+        chunk: list[tuple] = []
+        for r in rows:
+            chunk.append(self._row_tuple(batch_id, r))
+            if len(chunk) >= _INSERT_CHUNK:
+                self._insert(chunk)
+                chunk = []
+        if chunk:
+            self._insert(chunk)
+
+    @staticmethod
+    def _row_tuple(batch_id: int, r: StagedRow) -> tuple:
+        return (batch_id, r.row_no, r.key, r.op, "valid" if r.valid else "invalid",
+                _j(r.values), _j(r.errors), _j(r.notes))
+
+    def _insert(self, chunk: list[tuple]) -> None:
+        with transaction(self.conn):
+            self.conn.executemany(
+                "INSERT INTO staging_rows(batch_id, row_no, key, op, status, vals, errors, notes)"
+                " VALUES (?,?,?,?,?,?,?,?)", chunk)
+
+    def finish_batch(self, batch_id: int, summary: dict, notes: Iterable[str] = ()) -> None:
+        b = self.batch(batch_id)
+        with transaction(self.conn):
+            self.conn.execute("UPDATE staging_batches SET summary=?, notes=? WHERE id=?",
+                              (_j(summary), _j(b.notes + list(notes)), batch_id))
+
+    def discard_batch(self, batch_id: int) -> None:
+        """Remove a batch whose import failed part-way (it was never shown to anyone)."""
+        with transaction(self.conn):
+            self.conn.execute("DELETE FROM staging_rows WHERE batch_id=?", (batch_id,))
+            self.conn.execute("DELETE FROM staging_parts WHERE batch_id=?", (batch_id,))
+            self.conn.execute("DELETE FROM staging_messages WHERE batch_id=?", (batch_id,))
+            self.conn.execute("DELETE FROM staging_batches WHERE id=?", (batch_id,))
+
+    # -- reading ------------------------------------------------------------------------
+
+    def batch(self, batch_id: int) -> BatchInfo:
+        for r in self.conn.execute(f"SELECT {_BATCH_COLS} FROM staging_batches WHERE id=?",
+                                   (batch_id,)):
+            return _batch(r)
+        raise BatchNotFound(f"no staging batch {batch_id}")
+
+    def batches(self, *, state: str | None = None, limit: int = 100) -> list[BatchInfo]:
+        sql = f"SELECT {_BATCH_COLS} FROM staging_batches"
+        args: tuple = ()
+        if state:
+            sql += " WHERE state=?"
+            args = (state,)
+        sql += " ORDER BY id DESC LIMIT ?"
+        return [_batch(r) for r in self.conn.execute(sql, args + (limit,))]
+
+    def rows(self, batch_id: int, *, status: str | None = None, limit: int = -1,
+             offset: int = 0) -> list[dict]:
+        sql = ("SELECT row_no, key, op, status, excluded, vals, errors, notes FROM staging_rows"
+               " WHERE batch_id=?")
+        args: tuple = (batch_id,)
+        if status:
+            sql += " AND status=?"
+            args += (status,)
+        sql += " ORDER BY row_no LIMIT ? OFFSET ?"
+        return [
+            {"row": r[0], "key": r[1], "op": r[2], "status": r[3], "excluded": bool(r[4]),
+             "values": json.loads(r[5]), "errors": json.loads(r[6]), "notes": json.loads(r[7])}
+            for r in self.conn.execute(sql, args + (limit, offset))
+        ]
+
+    def counts(self, batch_id: int) -> dict:
+        out = {"rows": 0, "valid": 0, "invalid": 0, "excluded": 0}
+        for status, excluded, n in self.conn.execute(
+                "SELECT status, excluded, count(*) FROM staging_rows WHERE batch_id=?"
+                " GROUP BY status, excluded", (batch_id,)):
+            out["rows"] += n
+            out[status] += n
+            if excluded:
+                out["excluded"] += n
+        return out
+
+    # -- corrections --------------------------------------------------------------------
+
+    def _open(self, batch_id: int) -> BatchInfo:
+        b = self.batch(batch_id)
+        if b.state in (APPLIED, REJECTED):
+            raise BatchClosed(f"batch {batch_id} is {b.state}")
+        return b
+
+    def exclude(self, batch_id: int, row_nos: Iterable[int], excluded: bool = True) -> int:
+        """Leave rows out of (or back in) the apply; returns how many rows changed."""
+        self._open(batch_id)
+        n = 0
+        with transaction(self.conn):
+            for no in row_nos:
+                self.conn.execute("UPDATE staging_rows SET excluded=? WHERE batch_id=? AND row_no=?",
+                                  (int(excluded), batch_id, int(no)))
+                if self.conn.changes() == 0:
+                    raise RowNotStaged(f"batch {batch_id} has no row {no}")
+                n += 1
+        return n
+
+    def edit_row(self, batch_id: int, row_no: int, changes: dict[str, Any], rules: TableRules,
+                 live: LiveView | None = None) -> dict:
+        """Correct values of one staged row and check it again; returns the row."""
+        self._open(batch_id)
+        current = [r for r in self.rows(batch_id) if r["row"] == row_no]
+        if not current:
+            raise RowNotStaged(f"batch {batch_id} has no row {row_no}")
+        raw = dict(current[0]["values"])
+        for k in changes:
+            if rules.column(k) is None:
+                raise UnknownStagingTable(f"table {rules.name} has no column {k}",
+                                          hint="name a column of the table")
+        raw.update(changes)
+        row = StagedRow(row_no, {}, notes=list(current[0]["notes"]) + [f"edited: {sorted(changes)}"])
+        check_row(rules, raw, row)
+        checks = FileChecks(rules)
+        for other in self.rows(batch_id):
+            if other["row"] != row_no and other["status"] == "valid" and not other["excluded"]:
+                checks.check(StagedRow(other["row"], other["values"], key=other["key"]))
+        checks.check(row)
+        if live is not None and row.valid:
+            check_live(rules, row, live)
+        with transaction(self.conn):
+            self.conn.execute(
+                "UPDATE staging_rows SET key=?, op=?, status=?, vals=?, errors=?, notes=?"
+                " WHERE batch_id=? AND row_no=?",
+                (row.key, row.op, "valid" if row.valid else "invalid", _j(row.values),
+                 _j(row.errors), _j(row.notes), batch_id, row_no))
+        return [r for r in self.rows(batch_id) if r["row"] == row_no][0]
+
+    # -- closing ------------------------------------------------------------------------
+
+    def reject(self, batch_id: int, *, user: str, reason: str = "", now: int | None = None) -> BatchInfo:
+        """Close the batch without applying; the rows stay for the record."""
+        self._open(batch_id)
+        with transaction(self.conn):
+            self.conn.execute(
+                "UPDATE staging_batches SET state=?, reason=?, closed_ms=?, closed_by=? WHERE id=?",
+                (REJECTED, reason or "rejected", now or now_ms(), user, batch_id))
+        return self.batch(batch_id)
+
+    def _fail(self, batch_id: int, reason: str) -> None:
+        with transaction(self.conn):
+            self.conn.execute("UPDATE staging_batches SET state=?, reason=? WHERE id=?",
+                              (FAILED, reason, batch_id))
+
+    def apply(self, batch_id: int, store, rules: TableRules, live: LiveView, *, user: str,
+              now: int | None = None, confirm: bool = False,
+              to_change: Callable[[StagedRow], Any] | None = None) -> BatchInfo:
+        """Turn the batch's included valid rows into events, all or nothing.
+
+        Raises:
+            BatchClosed: the batch was applied or rejected already (a re-run adds nothing).
+            ConfirmationRequired: the file is a riversync export and ``confirm`` is False.
+            ApplyRefused: a row is no longer valid against live data; the batch is marked
+                failed with the reason on the row and nothing is written.
+            NothingToApply: no included valid rows.
+            engine errors from ``commit_local``: nothing is written, the batch is failed.
+        """
+        b = self._open(batch_id)
+        if b.confirm_required and not confirm:
+            raise ConfirmationRequired(
+                f"batch {batch_id} ({b.source}) was read from a riversync export; applying it "
+                "would write a snapshot back over newer data")
+        staged = [StagedRow(r["row"], r["values"], key=r["key"])
+                  for r in self.rows(batch_id, status="valid") if not r["excluded"]]
+        if not staged:
+            raise NothingToApply(f"batch {batch_id} has no included valid rows")
+        bad: list[StagedRow] = []
+        for row in staged:
+            check_live(rules, row, live)
+            if not row.valid:
+                bad.append(row)
+        if bad:
+            with transaction(self.conn):
+                for row in bad:
+                    self.conn.execute(
+                        "UPDATE staging_rows SET status='invalid', errors=? WHERE batch_id=? AND row_no=?",
+                        (_j(row.errors), batch_id, row.row_no))
+            first = bad[0]
+            reason = (f"{len(bad)} row(s) no longer valid, e.g. row {first.row_no}: "
+                      f"{first.errors[0]['message']}")
+            self._fail(batch_id, reason)
+            raise ApplyRefused(f"batch {batch_id} not applied: {reason}")
+        changes = [to_change(r) for r in staged] if to_change else staged
+        stamp = now or now_ms()
+        try:
+            with transaction(self.conn, durable=True):
+                events = store.commit_local(changes, user=user, now_ms=stamp,
+                                            source=f"staging:{batch_id}")
+                self.conn.execute(
+                    "UPDATE staging_batches SET state=?, reason='', closed_ms=?, closed_by=?, events=?"
+                    " WHERE id=? AND state IN (?, ?)",
+                    (APPLIED, stamp, user, len(events), batch_id, PENDING, FAILED))
+                if self.conn.changes() != 1:
+                    raise BatchClosed(f"batch {batch_id} was closed while it was being applied")
+        except StagingError:
+            raise
+        except Exception as e:
+            code = getattr(e, "code", type(e).__name__)
+            self._fail(batch_id, f"{code}: {e}")
+            raise
+        return self.batch(batch_id)
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def backlog(self, now: int | None = None) -> dict:
+        """Numbers for /metrics and alerts: pending email batches, oldest pending Excel batch."""
+        stamp = now or now_ms()
+        email = self.conn.execute(
+            "SELECT count(*) FROM staging_batches WHERE kind='email' AND state IN (?, ?)",
+            (PENDING, FAILED)).fetchall()[0][0]
+        xlsx = self.conn.execute(
+            "SELECT count(*), min(created_ms) FROM staging_batches WHERE kind='xlsx'"
+            " AND state IN (?, ?)", (PENDING, FAILED)).fetchall()[0]
+        oldest = 0.0 if xlsx[1] is None else max(0.0, (stamp - xlsx[1]) / 1000.0)
+        return {"email_pending": email, "xlsx_pending": xlsx[0], "xlsx_oldest_age_s": oldest}
+
+
+def iter_chunks(it: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for x in it:
+        chunk.append(x)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# ---------------------------------------------------------------------------------------
+# the engine side
+
+
+def store_conn(store):
+    """The store's own apsw connection: staging shares it so apply is one transaction."""
+    for name in ("conn", "_conn", "db", "connection"):
+        conn = getattr(store, name, None)
+        if conn is not None and hasattr(conn, "execute"):
+            return conn
+    raise RuntimeError("the engine Store exposes no connection; staging cannot share it")
+
+
+class StoreLive:
+    """LiveView over the engine's Store (and its tables, for unique lookups)."""
+
+    def __init__(self, store, schema):
+        self.store = store
+        self.schema = schema
+        self.office = store.office
+        self.conn = store_conn(store)
+
+    def owner_of(self, table: str, key: str) -> str | None:
+        if self.schema.table(table) is None:
+            return None
+        fn = getattr(self.store, "owner_of", None)
+        if fn is not None:
+            return fn(table, key) if self.store.get_row(table, key) is not None else None
+        row = self.store.get_row(table, key)
+        if row is None:
+            return None
+        return row.get("_owner") or row.get("owner") or self.office
+
+    def holder_of(self, table: str, column: str, value: Any) -> str | None:
+        t = self.schema.table(table)
+        if t is None or column not in t.columns:
+            return None
+        sql = f'SELECT "{t.primary_key}" FROM "{t.name}" WHERE "{column}" = ? LIMIT 1'
+        for (pk,) in self.conn.execute(sql, (value,)):
+            return pk
+        return None
+
+
+def to_local_change(rules: TableRules, row: StagedRow):
+    """The engine change a staged row becomes: create a new key, update an owned one.
+
+    An update carries only the columns the file filled (a blank cell leaves the live
+    value as it is); a create carries every filled column.
+    """
+    from riversync.engine.store import LocalChange
+
+    values = {k: v for k, v in row.values.items() if k != rules.key and v is not None}
+    return LocalChange(kind=row.op or "create", table=rules.name, pk=row.key, values=values)
+
+
+def backlog(store, *, email_dir: str | None = None, now: int | None = None) -> dict:
+    """Staging numbers for /metrics and health (keys the node's health checks read).
+
+    ``email_backlog`` counts email batches waiting for review plus files still in the
+    drop folder; ``excel_oldest_age_s`` is the age of the oldest Excel batch waiting
+    (None when none waits).
+    """
+    st = Staging(store_conn(store))
+    b = st.backlog(now)
+    files = 0
+    if email_dir:
+        from .email_ingest import pending_files
+
+        files = pending_files(email_dir)
+    b["email_files"] = files
+    b["email_backlog"] = b["email_pending"] + files
+    b["excel_oldest_age_s"] = b["xlsx_oldest_age_s"] if b["xlsx_pending"] else None
+    return b

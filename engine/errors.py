@@ -1,0 +1,98 @@
+"""Typed engine errors: what a local caller did wrong, named precisely.
+
+Remote events are never refused with these: a remote event the engine cannot apply is
+recorded as a conflict or parked, with its cause, because the hub already accepted it and
+every replica must reach the same state.  These errors are for local writes (API, UI,
+staging) and for broken schema files; each one says which table, key or column.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Root of every engine error.  ``code`` is stable; ``hint`` says what to do next."""
+
+    code = "ENGINE_ERROR"
+    hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+        super().__init__(f"{self.code}: {message}")
+
+
+class SchemaError(EngineError):
+    code = "SCHEMA_ERROR"
+    hint = "fix the schema file; see docs/reference/schema.md"
+
+
+class UnknownTable(EngineError):
+    code = "UNKNOWN_TABLE"
+    hint = "use a table the schema declares"
+
+
+class UnknownColumn(EngineError):
+    code = "UNKNOWN_COLUMN"
+    hint = "use a column the schema declares for this table"
+
+
+class BadValue(EngineError):
+    code = "BAD_VALUE"
+    hint = "give a value of the column's declared type"
+
+
+class BadKey(BadValue):
+    code = "BAD_KEY"
+    hint = "primary keys are non-empty text within the schema's length limit"
+
+
+class MissingReference(BadValue):
+    code = "MISSING_REFERENCE"
+    hint = "create the referenced row first"
+
+
+class NotOwner(EngineError):
+    code = "NOT_OWNER"
+    hint = "ask the owning office to make the change, or an admin to override"
+
+
+class RowNotFound(EngineError):
+    code = "ROW_NOT_FOUND"
+    hint = "the row does not exist (or was deleted); create it first"
+
+
+class RowExists(EngineError):
+    code = "ROW_EXISTS"
+    hint = "update the existing row instead of creating it again"
+
+
+class ConflictNotFound(EngineError):
+    code = "CONFLICT_NOT_FOUND"
+    hint = "list open conflicts with `riversync conflicts list`"
+
+
+class EpochRequired(EngineError):
+    code = "EPOCH_REQUIRED"
+    hint = "the first open of a database needs a node epoch (random 63-bit integer)"
+
+
+class WrongNode(EngineError):
+    code = "WRONG_NODE"
+    hint = "this database belongs to another node; check the node id in the config"
+
+
+ALL_ERRORS: tuple[type[EngineError], ...] = (
+    SchemaError,
+    UnknownTable,
+    UnknownColumn,
+    BadValue,
+    BadKey,
+    MissingReference,
+    NotOwner,
+    RowNotFound,
+    RowExists,
+    ConflictNotFound,
+    EpochRequired,
+    WrongNode,
+)

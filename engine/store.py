@@ -1,0 +1,1072 @@
+"""The store: one node's SQLite database, folding events into replicated tables.
+
+Theory of operation.  Every event a node holds is appended to the journal
+(``engine/tables.py``).  The replicated tables are a cache of ``merge.fold_row`` over the
+journal, kept current in two ways:
+
+* **Fast path.**  An event newer than anything judged for its row (compared with the
+  row's greatest order key in ``_rs_rows``) can be judged from that row summary alone with
+  ``merge.judge``; its effect is gathered per row and written set-based (``executemany``
+  per statement shape).  Updates are always ``UPDATE``, never ``INSERT OR REPLACE``, so
+  unlisted columns and rows that reference this one are never disturbed.
+* **Recompute.**  Anything else (an older event, a transfer, a resolve) marks its row; the
+  row is then recomputed from its journal with ``merge.fold_row`` and written back, and if
+  its owner history changed, so are the rows that follow it as parent.
+
+After each apply, parked events waiting on a row that was touched are retried (their row
+is recomputed) until nothing more becomes known.  A whole apply, journal, statuses, row
+writes, version vector, clock and cursor, is one SQLite transaction: it happens wholly or
+not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import apsw
+import msgspec
+from riversync.protocol import hlc as _hlc
+from riversync.protocol.keys import Roster
+from riversync.protocol.messages import (
+    CREATE,
+    DECISIONS,
+    DELETE,
+    KEEP,
+    MERGE,
+    RESOLVE,
+    TRANSFER,
+    UPDATE,
+    AnyEvent,
+    Create,
+    Delete,
+    Resolve,
+    Transfer,
+    Update,
+)
+
+from . import db, merge
+from .errors import (
+    BadKey,
+    BadValue,
+    ConflictNotFound,
+    EpochRequired,
+    MissingReference,
+    NotOwner,
+    RowExists,
+    RowNotFound,
+    UnknownColumn,
+    UnknownTable,
+    WrongNode,
+)
+from .schema import Schema, Table, create_table_sql, q
+from .tables import MIGRATIONS
+
+_enc = msgspec.msgpack.Encoder()
+_ev_dec = msgspec.msgpack.Decoder(AnyEvent)
+ZERO = bytes(32)
+RESEQUENCED = "resequenced"
+LOCAL = "local"
+REMOTE = "remote"
+
+
+@dataclass
+class LocalChange:
+    """One change a local user asks for; ``commit_local`` turns it into an event."""
+
+    kind: str
+    table: str = ""
+    pk: str = ""
+    values: dict | None = None
+    owner: str | None = None
+    conflict: str | None = None
+    decision: str | None = None
+
+
+@dataclass
+class ApplyResult:
+    """What one remote apply did, counted over the events it was given."""
+
+    received: int = 0
+    duplicates: int = 0
+    applied: int = 0
+    conflicts: int = 0
+    parked: int = 0
+    rejected: int = 0
+    recomputed_rows: int = 0
+    conflict_ids: list[str] = field(default_factory=list)
+
+
+class _Row:
+    """In-memory copy of one ``_rs_rows`` entry while an apply runs."""
+
+    __slots__ = ("live", "created", "owner0", "transfers", "ppk", "key", "dirty")
+
+    def __init__(self, live, created, owner0, transfers, ppk, key):
+        self.live = live
+        self.created = created
+        self.owner0 = owner0
+        self.transfers = transfers
+        self.ppk = ppk
+        self.key = key
+        self.dirty = False
+
+    @property
+    def owner(self):
+        return self.transfers[-1][1] if self.transfers else self.owner0
+
+
+def _pack_transfers(transfers) -> bytes | None:
+    if not transfers:
+        return None
+    return _enc.encode([[k[0], k[1], k[2], o] for k, o in transfers])
+
+
+def _unpack_transfers(blob) -> list:
+    if not blob:
+        return []
+    return [((h, n, e), o) for h, n, e, o in msgspec.msgpack.decode(blob)]
+
+
+def _chain(prev: bytes, body: bytes, source: str) -> bytes:
+    return hashlib.sha256(prev + body + source.encode()).digest()
+
+
+class Store:
+    """One node's database.  Not thread-safe: one Store per writer thread."""
+
+    def __init__(self, conn: apsw.Connection, path: str, schema: Schema, roster: Roster,
+                 node_id: str, epoch: int, max_drift_ms: int):
+        self.conn = conn
+        self.path = path
+        self.schema = schema
+        self.roster = roster
+        self.node_id = node_id
+        self.office = roster.office_of_node(node_id)
+        self.epoch = epoch
+        self.max_drift_ms = max_drift_ms
+        self.rules = merge.Rules(schema, roster)
+        self._fault = None  # test hook: called with a phase name inside transactions
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path, schema: Schema, roster: Roster, node_id: str, *,
+             epoch: int | None = None, max_drift_ms: int = _hlc.DEFAULT_MAX_DRIFT_MS,
+             trace: bool = False) -> Store:
+        """Open (creating on first use) the database of node ``node_id``.
+
+        Raises:
+            WrongNode: the node is not in the roster, or the file belongs to another node.
+            EpochRequired: first open without an epoch.
+        """
+        if roster.office_of_node(node_id) is None:
+            raise WrongNode(f"node {node_id!r} is not in the cluster roster")
+        conn = db.connect(str(path), trace=trace)
+        try:
+            db.migrate(conn, MIGRATIONS)
+            with db.transaction(conn):
+                stored_node = _meta(conn, "node_id")
+                if stored_node is not None and stored_node != node_id:
+                    raise WrongNode(f"database {path} belongs to node {stored_node!r}, not {node_id!r}")
+                stored_epoch = _meta(conn, "epoch")
+                if stored_epoch is None:
+                    if epoch is None:
+                        raise EpochRequired(f"database {path} is new: give a node epoch")
+                    _meta_set(conn, "node_id", node_id)
+                    _meta_set(conn, "epoch", int(epoch))
+                    stored_epoch = int(epoch)
+                _ensure_tables(conn, schema)
+                old_version = _meta(conn, "schema_version")
+                _meta_set(conn, "schema_version", schema.version)
+            store = cls(conn, str(path), schema, roster, node_id, int(stored_epoch), max_drift_ms)
+            if old_version is not None and (old_version != schema.version):
+                store._retry_static_parked()
+            return store
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _retry_static_parked(self) -> None:
+        """A schema upgrade may make parked events (unknown table, newer version) valid."""
+        with db.transaction(self.conn):
+            rows = list(self.conn.execute(
+                "SELECT DISTINCT tbl, pk FROM _rs_status WHERE status='parked' AND wtbl IS NULL"))
+            ctx = _Apply(self, REMOTE)
+            for tbl, pk in rows:
+                if tbl in self.schema.tables:
+                    ctx.slow.add((tbl, pk))
+            ctx.finish()
+
+    # ------------------------------------------------------------------ meta
+
+    def meta_get(self, key: str):
+        return _meta(self.conn, "x:" + key)
+
+    def meta_set(self, key: str, value) -> None:
+        with db.transaction(self.conn):
+            _meta_set(self.conn, "x:" + key, value)
+
+    def get_cursor(self, name: str) -> tuple[int, int] | None:
+        for e, s in self.conn.execute("SELECT epoch, seq FROM _rs_cursors WHERE name=?", (name,)):
+            return (e, s)
+        return None
+
+    # ------------------------------------------------------------------ local commit
+
+    def commit_local(self, changes: list[LocalChange], *, user: str, now_ms: int,
+                     admin: bool = False, source: str | None = None) -> list[AnyEvent]:
+        """Turn changes into events and apply them in one durable transaction.
+
+        Raises:
+            UnknownTable, UnknownColumn, BadValue, BadKey, MissingReference, NotOwner,
+            RowNotFound, RowExists, ConflictNotFound: nothing is changed.
+        """
+        if not changes:
+            return []
+        src = f"{LOCAL}:{source}" if source else LOCAL
+        u = self.roster.users.get(user)
+        role = u.role if u else "unknown"
+        if admin and not self.roster.is_admin(user):
+            raise NotOwner(f"user {user!r} is not an admin and cannot override ownership")
+        with db.transaction(self.conn, durable=True):
+            last = _meta(self.conn, "last_hlc") or 0
+            seq = _meta(self.conn, f"seq:{self.epoch}") or 0
+            live: dict[tuple[str, str], bool] = {}
+            events = []
+            for i, ch in enumerate(changes):
+                ev_fields = self._check_local(ch, live, i)
+                last = _hlc.send(last, now_ms)
+                seq += 1
+                common = dict(node=self.node_id, epoch=self.epoch, seq=seq, hlc=last,
+                              schema=self.schema.version, table=ev_fields["table"],
+                              pk=ev_fields["pk"], user=user, role=role, admin=admin)
+                kind = ch.kind
+                if kind == CREATE:
+                    ev = Create(**common, values=ev_fields["values"])
+                elif kind == UPDATE:
+                    ev = Update(**common, values=ev_fields["values"])
+                elif kind == DELETE:
+                    ev = Delete(**common)
+                elif kind == TRANSFER:
+                    ev = Transfer(**common, owner=ch.owner)
+                else:
+                    ev = Resolve(**common, conflict=ch.conflict, decision=ch.decision,
+                                 values=ev_fields["values"])
+                events.append(ev)
+            _meta_set(self.conn, "last_hlc", last)
+            _meta_set(self.conn, f"seq:{self.epoch}", seq)
+            ctx = _Apply(self, src)
+            ctx.ingest(events)
+            ctx.finish()
+            self._raise_unaccepted(events)
+            if self._fault:
+                self._fault("local-before-commit")
+        return events
+
+    def _check_local(self, ch: LocalChange, live: dict, i: int) -> dict:
+        where = f"change {i}"
+        kind = ch.kind
+        if kind not in (CREATE, UPDATE, DELETE, TRANSFER, RESOLVE):
+            raise BadValue(f"{where}: unknown kind {kind!r}")
+        table_name, pk = ch.table, ch.pk
+        target = None
+        if kind == RESOLVE:
+            if ch.decision not in DECISIONS:
+                raise BadValue(f"{where}: decision must be one of {', '.join(DECISIONS)}")
+            c = self.conflict(ch.conflict or "")
+            if c is None or c["status"] != "open":
+                raise ConflictNotFound(f"{where}: no open conflict {ch.conflict!r}")
+            table_name, pk = c["table"], c["pk"]
+            target = c
+        table = self.schema.tables.get(table_name)
+        if table is None:
+            raise UnknownTable(f"{where}: table {table_name!r} is not in the schema")
+        why = table.check_pk(pk)
+        if why:
+            raise BadKey(f"{where}: {table_name}: {why}")
+        values = dict(ch.values or {})
+        if kind == RESOLVE and ch.decision == "accept" and not values:
+            values = dict(target.get("values") or {})
+        if kind == RESOLVE and ch.decision == MERGE and not values:
+            raise BadValue(f"{where}: a merge resolution carries the merged values")
+        if kind == RESOLVE and ch.decision == KEEP:
+            values = {}
+        if table.primary_key in values:
+            if values.pop(table.primary_key) != pk:
+                raise BadKey(f"{where}: values name a different primary key")
+        for col in values:
+            if col not in table.columns:
+                raise UnknownColumn(f"{where}: table {table_name!r} has no column {col!r}")
+        if kind in (CREATE, UPDATE, RESOLVE):
+            why = table.check_values(values, creating=kind == CREATE)
+            if why:
+                raise BadValue(f"{where}: {table_name} {pk!r}: {why}")
+            if kind == UPDATE and not values:
+                raise BadValue(f"{where}: an update must change at least one column")
+        if kind == TRANSFER:
+            if table.parent_column:
+                raise BadValue(f"{where}: rows of {table_name!r} follow their parent's owner")
+            if ch.owner not in self.roster.offices:
+                raise BadValue(f"{where}: {ch.owner!r} is not an office of the cluster")
+        if kind != RESOLVE:
+            row = (table_name, pk)
+            is_live = live.get(row)
+            if is_live is None:
+                is_live = bool(_one(self.conn, "SELECT live FROM _rs_rows WHERE tbl=? AND pk=?", row))
+            if kind == CREATE and is_live:
+                raise RowExists(f"{where}: {table_name} {pk!r} already exists")
+            if kind != CREATE and not is_live:
+                raise RowNotFound(f"{where}: {table_name} {pk!r} does not exist")
+            live[row] = kind != DELETE
+        return {"table": table_name, "pk": pk, "values": values}
+
+    def _raise_unaccepted(self, events: list) -> None:
+        for ev in events:
+            r = _first(self.conn,
+                       "SELECT s.status, s.cause FROM _rs_status s JOIN _rs_journal j USING (jid)"
+                       " WHERE j.node=? AND j.epoch=? AND j.seq=?", ev.event_id)
+            if r is None:
+                continue
+            status, cause = r
+            what = f"{ev.kind} of {ev.table} {ev.pk!r}"
+            if cause.startswith(merge.MISSING_REF):
+                raise MissingReference(f"{what}: {cause}")
+            if cause in (merge.NOT_OWNER, merge.FOLLOWS_PARENT):
+                office = self.rules.acting_office(ev)
+                raise NotOwner(f"{what}: office {office!r} does not own this row")
+            if cause in (merge.ROW_DELETED, merge.ROW_NOT_CREATED, merge.ROW_NOT_KNOWN):
+                raise RowNotFound(f"{what}: {cause}")
+            if cause == merge.NOT_A_CONFLICT or cause == merge.CONFLICT_NOT_KNOWN:
+                raise ConflictNotFound(f"{what}: {cause}")
+            raise BadValue(f"{what}: {status}: {cause}")
+
+    # ------------------------------------------------------------------ remote apply
+
+    def apply_remote(self, events: Iterable[AnyEvent], *, now_ms: int,
+                     cursor: tuple[str, int, int] | None = None) -> ApplyResult:
+        """Apply other nodes' events (one or several batches) in one transaction.
+
+        Duplicates are ignored; conflicts and parked events are recorded, never dropped;
+        ``cursor`` (name, epoch, seq) moves in the same transaction.
+
+        Raises:
+            ClockSkew: an event is stamped more than ``max_drift_ms`` ahead of ``now_ms``;
+                nothing is applied.
+        """
+        events = list(events)
+        with db.transaction(self.conn):
+            if events:
+                top = max(ev.hlc for ev in events)
+                last = _meta(self.conn, "last_hlc") or 0
+                last = _hlc.receive(last, top, now_ms, self.max_drift_ms)
+                _meta_set(self.conn, "last_hlc", last)
+            ctx = _Apply(self, REMOTE)
+            ctx.ingest(events)
+            if self._fault:
+                self._fault("remote-mid-apply")
+            ctx.finish()
+            if cursor is not None:
+                self.conn.execute(
+                    "INSERT INTO _rs_cursors(name, epoch, seq) VALUES (?,?,?) ON CONFLICT(name)"
+                    " DO UPDATE SET epoch=excluded.epoch, seq=excluded.seq", cursor)
+            return ctx.result
+
+    # ------------------------------------------------------------------ outbox
+
+    def outbox(self, limit: int = 1000) -> list[AnyEvent]:
+        """Own events the hub has not acknowledged, in sequence order, current epoch first."""
+        rows = self.conn.execute(
+            "SELECT j.body FROM _rs_journal j JOIN _rs_origins o"
+            " ON o.node=j.node AND o.epoch=j.epoch"
+            " WHERE j.node=? AND j.seq > o.acked AND NOT EXISTS"
+            " (SELECT 1 FROM _rs_status s WHERE s.jid=j.jid AND s.status=?)"
+            " ORDER BY j.epoch != ?, j.epoch, j.seq LIMIT ?",
+            (self.node_id, RESEQUENCED, self.epoch, limit))
+        return [_ev_dec.decode(r[0]) for r in rows]
+
+    def outbox_size(self) -> int:
+        return _one(self.conn,
+                    "SELECT count(*) FROM _rs_journal j JOIN _rs_origins o"
+                    " ON o.node=j.node AND o.epoch=j.epoch WHERE j.node=? AND j.seq > o.acked"
+                    " AND NOT EXISTS (SELECT 1 FROM _rs_status s WHERE s.jid=j.jid AND s.status=?)",
+                    (self.node_id, RESEQUENCED))
+
+    def mark_acked(self, epoch: int, last_seq: int) -> None:
+        with db.transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO _rs_origins(node, epoch, acked) VALUES (?,?,?) ON CONFLICT"
+                " DO UPDATE SET acked=max(acked, excluded.acked)",
+                (self.node_id, epoch, last_seq))
+
+    def start_new_epoch(self, new_epoch: int, hub_last_seq: int) -> list[AnyEvent]:
+        """After a restore: own events the hub never acknowledged move to a new epoch.
+
+        They keep their HLC, user and content and get sequence numbers 1.. of
+        ``new_epoch``; the old copies stay in the journal marked "resequenced" and no longer
+        count.  Returns the new events (now in the outbox).
+        """
+        old = self.epoch
+        with db.transaction(self.conn, durable=True):
+            rows = list(self.conn.execute(
+                "SELECT jid, body FROM _rs_journal j WHERE node=? AND epoch=? AND seq>? AND NOT"
+                " EXISTS (SELECT 1 FROM _rs_status s WHERE s.jid=j.jid AND s.status=?)"
+                " ORDER BY seq", (self.node_id, old, hub_last_seq, RESEQUENCED)))
+            new_events = []
+            ctx = _Apply(self, f"{LOCAL}:resequenced from epoch {old}")
+            for i, (jid, body) in enumerate(rows, start=1):
+                ev = _ev_dec.decode(body)
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO _rs_status(jid, tbl, pk, status, cause)"
+                    " VALUES (?,?,?,?,?)",
+                    (jid, ev.table, ev.pk, RESEQUENCED, f"moved to epoch {new_epoch} seq {i}"))
+                new_events.append(msgspec.structs.replace(ev, epoch=new_epoch, seq=i))
+                ctx.slow.add((ev.table, ev.pk))
+            self.conn.execute(
+                "INSERT INTO _rs_origins(node, epoch, contiguous, acked) VALUES (?,?,?,?)"
+                " ON CONFLICT DO UPDATE SET acked=max(acked, excluded.acked),"
+                " contiguous=min(contiguous, excluded.contiguous)",
+                (self.node_id, old, hub_last_seq, hub_last_seq))
+            _meta_set(self.conn, "epoch", new_epoch)
+            _meta_set(self.conn, f"seq:{new_epoch}", len(new_events))
+            self.epoch = new_epoch
+            try:
+                ctx.ingest(new_events)
+                ctx.finish()
+            except BaseException:
+                self.epoch = old
+                raise
+        return new_events
+
+    # ------------------------------------------------------------------ reading
+
+    def _row_dict(self, table: Table, row) -> dict:
+        out = {table.primary_key: row[0]}
+        for (name, col), v in zip(table.columns.items(), row[1:], strict=True):
+            out[name] = bool(v) if col.type == "boolean" and v is not None else v
+        return out
+
+    def _table(self, name: str) -> Table:
+        t = self.schema.tables.get(name)
+        if t is None:
+            raise UnknownTable(f"table {name!r} is not in the schema")
+        return t
+
+    def _select(self, t: Table) -> str:
+        cols = ", ".join(q(c) for c in [t.primary_key, *t.columns])
+        return f"SELECT {cols} FROM {q(t.name)}"
+
+    def get_row(self, table: str, pk: str) -> dict | None:
+        t = self._table(table)
+        for row in self.conn.execute(f"{self._select(t)} WHERE {q(t.primary_key)}=?", (pk,)):
+            return self._row_dict(t, row)
+        return None
+
+    def list_rows(self, table: str, limit: int = 100, offset: int = 0) -> list[dict]:
+        t = self._table(table)
+        rows = self.conn.execute(
+            f"{self._select(t)} ORDER BY {q(t.primary_key)} LIMIT ? OFFSET ?", (limit, offset))
+        return [self._row_dict(t, r) for r in rows]
+
+    def count_rows(self, table: str) -> int:
+        t = self._table(table)
+        return _one(self.conn, f"SELECT count(*) FROM {q(t.name)}")
+
+    def _status_rows(self, where: str, args=()) -> list[dict]:
+        out = []
+        for (jid, node, epoch, seq, hlc, kind, tbl, pk, user, role, admin, source, body,
+             status, cause, wtbl, wpk, closed_by, decision) in self.conn.execute(
+                "SELECT j.jid, j.node, j.epoch, j.seq, j.hlc, j.kind, j.tbl, j.pk, j.user, j.role,"
+                " j.admin, j.source, j.body, s.status, s.cause, s.wtbl, s.wpk, s.closed_by,"
+                " s.decision FROM _rs_status s JOIN _rs_journal j USING (jid) WHERE " + where +
+                " ORDER BY j.node, j.epoch, j.seq", args):
+            ev = _ev_dec.decode(body)
+            d = {
+                "id": merge.conflict_id((node, epoch, seq)), "event": [node, epoch, seq],
+                "hlc": hlc, "kind": kind, "table": tbl, "pk": pk, "user": user, "role": role,
+                "admin": bool(admin), "node": node, "office": self.rules.acting_office(ev),
+                "cause": cause, "values": dict(getattr(ev, "values", {}) or {}),
+                "jid": jid, "source": source,
+            }
+            if kind == TRANSFER:
+                d["owner"] = ev.owner
+            if status == "conflict":
+                d["status"] = "closed" if closed_by else "open"
+                d["resolved_by"] = closed_by
+                d["decision"] = decision
+            else:
+                d["status"] = status
+                d["waiting_for"] = [wtbl, wpk] if wtbl else None
+            out.append(d)
+        return out
+
+    def conflicts(self, open_only: bool = True) -> list[dict]:
+        where = "s.status='conflict'" + (" AND s.closed_by IS NULL" if open_only else "")
+        return self._status_rows(where)
+
+    def conflict(self, cid: str) -> dict | None:
+        eid = merge.parse_conflict_id(cid)
+        if eid is None:
+            return None
+        rows = self._status_rows("s.status='conflict' AND j.node=? AND j.epoch=? AND j.seq=?", eid)
+        return rows[0] if rows else None
+
+    def parked(self) -> list[dict]:
+        return self._status_rows("s.status='parked'")
+
+    def rejected(self) -> list[dict]:
+        return self._status_rows("s.status='rejected'")
+
+    def audit(self, limit: int = 100, offset: int = 0) -> list[dict]:
+        """Accepted changes, newest first: who (user, role, office, node), what, from where."""
+        out = []
+        for jid, body, source in self.conn.execute(
+                "SELECT j.jid, j.body, j.source FROM _rs_journal j WHERE NOT EXISTS"
+                " (SELECT 1 FROM _rs_status s WHERE s.jid=j.jid) ORDER BY j.jid DESC"
+                " LIMIT ? OFFSET ?", (limit, offset)):
+            ev = _ev_dec.decode(body)
+            d = {"jid": jid, "event": list(ev.event_id), "hlc": ev.hlc, "kind": ev.kind,
+                 "table": ev.table, "pk": ev.pk, "user": ev.user, "role": ev.role,
+                 "admin": ev.admin, "node": ev.node, "office": self.rules.acting_office(ev),
+                 "source": source}
+            if ev.kind in (CREATE, UPDATE, RESOLVE):
+                d["values"] = dict(ev.values)
+            if ev.kind == TRANSFER:
+                d["owner"] = ev.owner
+            if ev.kind == RESOLVE:
+                d["conflict"] = ev.conflict
+                d["decision"] = ev.decision
+            out.append(d)
+        return out
+
+    def audit_count(self) -> int:
+        return _one(self.conn, "SELECT count(*) FROM _rs_journal j WHERE NOT EXISTS"
+                               " (SELECT 1 FROM _rs_status s WHERE s.jid=j.jid)")
+
+    def verify_audit(self) -> bool:
+        """Recompute the journal's hash chain; False if any row was altered or removed."""
+        prev = ZERO
+        expect_jid = None
+        for jid, body, source, chain in self.conn.execute(
+                "SELECT jid, body, source, chain FROM _rs_journal ORDER BY jid"):
+            if expect_jid is not None and jid != expect_jid:
+                return False
+            if _chain(prev, body, source) != chain:
+                return False
+            prev = chain
+            expect_jid = jid + 1
+        return True
+
+    def digests(self) -> dict:
+        """Deterministic digests: equal on two replicas that hold the same events."""
+        from .digest import digests
+
+        return digests(self)
+
+    def stats(self) -> dict:
+        c = self.conn
+        by_status = dict(c.execute("SELECT status, count(*) FROM _rs_status GROUP BY status"))
+        return {
+            "events": _one(c, "SELECT count(*) FROM _rs_journal"),
+            "outbox": self.outbox_size(),
+            "parked": by_status.get("parked", 0),
+            "open_conflicts": _one(c, "SELECT count(*) FROM _rs_status WHERE status='conflict'"
+                                      " AND closed_by IS NULL"),
+            "conflicts": by_status.get("conflict", 0),
+            "rejected": by_status.get("rejected", 0),
+            "last_hlc": _meta(c, "last_hlc") or 0,
+            "epoch": self.epoch,
+        }
+
+    def backup(self, dest_path) -> None:
+        """Online, WAL-safe copy into one self-contained file, verified before it is kept.
+
+        Raises:
+            BadValue: the copy failed its integrity check (the partial file is removed).
+        """
+        dest_path = str(dest_path)
+        tmp = dest_path + ".partial"
+        for p in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
+            if os.path.exists(p):
+                os.remove(p)
+        dest = apsw.Connection(tmp)
+        try:
+            with dest.backup("main", self.conn, "main") as b:
+                while not b.done:
+                    b.step(1024)
+            dest.execute("PRAGMA journal_mode=DELETE")
+            ok = db.integrity_ok(dest)
+        finally:
+            dest.close()
+        if not ok:
+            os.remove(tmp)
+            raise BadValue(f"backup {dest_path} failed its integrity check")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest_path)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _meta(conn, key):
+    for (v,) in conn.execute("SELECT value FROM _rs_meta WHERE key=?", (key,)):
+        return v
+    return None
+
+
+def _meta_set(conn, key, value) -> None:
+    conn.execute("INSERT INTO _rs_meta(key, value) VALUES (?,?) ON CONFLICT(key)"
+                 " DO UPDATE SET value=excluded.value", (key, value))
+
+
+def _one(conn, sql, args=()):
+    for row in conn.execute(sql, args):
+        return row[0]
+    return None
+
+
+def _first(conn, sql, args=()):
+    for row in conn.execute(sql, args):
+        return row
+    return None
+
+
+def _ensure_tables(conn, schema: Schema) -> None:
+    for t in schema.tables.values():
+        conn.execute(create_table_sql(t))
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({q(t.name)})")}
+        for c in t.columns.values():
+            if c.name not in have:
+                from .schema import SQL_TYPES
+
+                conn.execute(f"ALTER TABLE {q(t.name)} ADD COLUMN {q(c.name)} {SQL_TYPES[c.type]}")
+
+
+class _Apply:
+    """One apply inside an open transaction: ingest events, then ``finish``."""
+
+    def __init__(self, store: Store, source: str):
+        self.s = store
+        self.conn = store.conn
+        self.schema = store.schema
+        self.rules = store.rules
+        self.source = source
+        self.result = ApplyResult()
+        self.rows: dict[tuple[str, str], _Row | None] = {}
+        self.slow: set[tuple[str, str]] = set()
+        self.touched: set[tuple[str, str]] = set()
+        self.new_origins: set[tuple[str, int]] = set()
+        self.ids: dict = {}
+
+    # -- loading row summaries
+
+    def _load(self, keys: set[tuple[str, str]]) -> None:
+        want: dict[str, list[str]] = {}
+        for k in keys:
+            if k not in self.rows:
+                want.setdefault(k[0], []).append(k[1])
+        while want:
+            nxt: dict[str, list[str]] = {}
+            for tbl, pks in want.items():
+                for pk in pks:
+                    self.rows[(tbl, pk)] = None
+                for pk, live, created, owner0, tr, ppk, mh, mn, me in self.conn.execute(
+                        "SELECT pk, live, created, owner0, transfers, ppk, mh, mn, me FROM _rs_rows"
+                        " WHERE tbl=? AND pk IN (SELECT value FROM json_each(?))",
+                        (tbl, json.dumps(pks))):
+                    self.rows[(tbl, pk)] = _Row(bool(live), bool(created), owner0,
+                                                _unpack_transfers(tr), ppk, (mh, mn, me))
+                    t = self.schema.tables.get(tbl)
+                    if ppk is not None and t is not None and t.parent_table:
+                        pk2 = (t.parent_table, ppk)
+                        if pk2 not in self.rows:
+                            nxt.setdefault(pk2[0], []).append(ppk)
+            want = nxt
+
+    def _known(self, tbl: str, pk: str) -> bool:
+        key = (tbl, pk)
+        if key not in self.rows:
+            self._load({key})
+        return self.rows[key] is not None
+
+    def owner_at(self, tbl: str, pk: str, k) -> str | None:
+        key = (tbl, pk)
+        if key not in self.rows:
+            self._load({key})
+        r = self.rows[key]
+        if r is None:
+            return None
+        t = self.schema.tables[tbl]
+        if t.parent_table:
+            return self.owner_at(t.parent_table, r.ppk, k)
+        return merge.owner_at(r.owner0, r.transfers, k)
+
+    # -- ingest: journal + fast path
+
+    def ingest(self, events: list) -> None:
+        res = self.result
+        res.received += len(events)
+        if not events:
+            return
+        conn = self.conn
+        fresh = self._dedup(events)
+        res.duplicates += len(events) - len(fresh)
+        if not fresh:
+            return
+        top = _first(conn, "SELECT jid, chain FROM _rs_journal ORDER BY jid DESC LIMIT 1")
+        jid, prev = top if top else (0, ZERO)
+        schema = self.schema
+        tables = schema.tables
+        src = self.source
+        src_b = src.encode()
+        sha = hashlib.sha256
+        enc = _enc.encode
+        journal = []
+        ids = {}
+        ok_events = []
+        statuses = []
+        need: set[tuple[str, str]] = set()
+        static = merge.static_verdict
+        for ev in fresh:
+            jid += 1
+            body = enc(ev)
+            prev = sha(prev + body + src_b).digest()
+            journal.append((jid, ev.node, ev.epoch, ev.seq, ev.hlc, ev.kind, ev.table, ev.pk,
+                            ev.user, ev.role, ev.admin, src, body, prev))
+            ids[ev.event_id] = jid
+            self.new_origins.add((ev.node, ev.epoch))
+            v = static(ev, schema)
+            if v is not None:
+                statuses.append((jid, ev.table, ev.pk, v.status, v.cause, None, None))
+                res.parked += 1
+                continue
+            ok_events.append((jid, ev))
+            t = tables[ev.table]
+            need.add((ev.table, ev.pk))
+            if t.references and ev.kind in (CREATE, UPDATE, RESOLVE):
+                need.update(merge.ref_waits(ev, t))
+        conn.executemany("INSERT INTO _rs_journal VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", journal)
+        self.ids.update(ids)
+        self._load(need)
+        self._fast(ok_events, statuses)
+
+    def _dedup(self, events: list) -> list:
+        conn = self.conn
+        by_origin: dict[tuple[str, int], list] = {}
+        for ev in events:
+            by_origin.setdefault((ev.node, ev.epoch), []).append(ev)
+        fresh = []
+        seen = set()
+        for (node, epoch), evs in by_origin.items():
+            contig = _one(conn, "SELECT contiguous FROM _rs_origins WHERE node=? AND epoch=?",
+                          (node, epoch)) or 0
+            above = [e.seq for e in evs if e.seq > contig]
+            held = set()
+            if above:
+                held = {r[0] for r in conn.execute(
+                    "SELECT seq FROM _rs_journal WHERE node=? AND epoch=? AND seq BETWEEN ? AND ?",
+                    (node, epoch, min(above), max(above)))}
+            for e in evs:
+                if e.seq <= contig or e.seq in held or e.seq in seen:
+                    continue
+                seen.add(e.seq)
+                fresh.append(e)
+            seen.clear()
+        if len(by_origin) > 1:
+            order = {id(e): i for i, e in enumerate(events)}
+            fresh.sort(key=lambda e: order[id(e)])
+        return fresh
+
+    def _fast(self, ok_events: list, statuses: list) -> None:
+        rules = self.rules
+        tables = self.schema.tables
+        rows = self.rows
+        slow = self.slow
+        touched = self.touched
+        res = self.result
+        pend: dict[tuple[str, str], list] = {}  # row -> [in_table, live, full, changes]
+        judge = merge.judge
+        for jid, ev in ok_events:
+            key = (ev.table, ev.pk)
+            touched.add(key)
+            if key in slow:
+                continue
+            kind = ev.kind
+            if kind == TRANSFER or kind == RESOLVE:
+                slow.add(key)
+                continue
+            t = tables[ev.table]
+            if t.references and kind != DELETE:
+                missing = None
+                for ref in merge.ref_waits(ev, t):
+                    if rows.get(ref) is None:
+                        missing = ref
+                        break
+                if missing is not None:
+                    statuses.append((jid, ev.table, ev.pk, merge.PARKED,
+                                     f"{merge.MISSING_REF}: {missing[0]} {missing[1]!r}",
+                                     missing[0], missing[1]))
+                    res.parked += 1
+                    continue
+            r = rows.get(key)
+            k = (ev.hlc, ev.node, ev.epoch)
+            pcol = t.parent_column
+            if r is None:
+                if kind != CREATE:
+                    statuses.append((jid, ev.table, ev.pk, merge.PARKED, merge.ROW_NOT_KNOWN,
+                                     ev.table, ev.pk))
+                    res.parked += 1
+                    continue
+                if pcol:
+                    ppk = ev.values[pcol]
+                    owner = self.owner_at(t.parent_table, ppk, k)
+                    r = _Row(False, False, None, [], ppk, k)
+                else:
+                    owner = rules.acting_office(ev)
+                    r = _Row(False, False, owner, [], None, k)
+                rows[key] = r
+                p = pend[key] = [False, False, False, {}]
+            else:
+                if k <= r.key:
+                    slow.add(key)
+                    continue
+                owner = self.owner_at(t.parent_table, r.ppk, k) if pcol else r.owner
+                p = pend.get(key)
+                if p is None:
+                    p = pend[key] = [r.live, r.live, False, {}]
+            pok = kind == DELETE or pcol is None or merge.parent_ok(t, ev.values, r.ppk)
+            v = judge(kind, authorised=rules.authorised(ev, owner), live=r.live,
+                      created_before=r.created, parent_ok=pok)
+            r.key = k
+            r.dirty = True
+            if not v.accepted:
+                statuses.append((jid, ev.table, ev.pk, v.status, v.cause, None, None))
+                res.conflicts += 1
+                res.conflict_ids.append(merge.conflict_id(ev.event_id))
+                continue
+            res.applied += 1
+            if kind == CREATE:
+                r.live = r.created = True
+                p[1] = p[2] = True
+                p[3] = t.full_row(ev.values)
+            elif kind == UPDATE:
+                p[3].update(ev.values)
+            else:
+                r.live = False
+                p[1] = p[2] = False
+                p[3] = {}
+        if statuses:
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO _rs_status(jid, tbl, pk, status, cause, wtbl, wpk)"
+                " VALUES (?,?,?,?,?,?,?)", statuses)
+        self._write_pending(pend)
+        self._write_rows()
+
+    def _write_pending(self, pend: dict) -> None:
+        conn = self.conn
+        tables = self.schema.tables
+        inserts: dict[str, list] = {}
+        deletes: dict[str, list] = {}
+        updates: dict[tuple[str, tuple], list] = {}
+        for (tbl, pk), (in_table, live, full, changes) in pend.items():
+            t = tables[tbl]
+            if live:
+                if not in_table:
+                    inserts.setdefault(tbl, []).append((pk, *[changes[c] for c in t.columns]))
+                elif changes:
+                    cols = tuple(t.columns) if full else tuple(sorted(changes))
+                    updates.setdefault((tbl, cols), []).append((*[changes[c] for c in cols], pk))
+            elif in_table:
+                deletes.setdefault(tbl, []).append((pk,))
+        for tbl, params in deletes.items():
+            t = tables[tbl]
+            conn.executemany(f"DELETE FROM {q(tbl)} WHERE {q(t.primary_key)}=?", params)
+        for tbl, params in inserts.items():
+            t = tables[tbl]
+            marks = ",".join("?" * (len(t.columns) + 1))
+            conn.executemany(f"INSERT INTO {q(tbl)} VALUES ({marks})", params)
+        for (tbl, cols), params in updates.items():
+            t = tables[tbl]
+            sets = ", ".join(f"{q(c)}=?" for c in cols)
+            conn.executemany(f"UPDATE {q(tbl)} SET {sets} WHERE {q(t.primary_key)}=?", params)
+
+    def _write_rows(self) -> None:
+        params = []
+        for (tbl, pk), r in self.rows.items():
+            if r is not None and r.dirty:
+                params.append((tbl, pk, r.live, r.created, r.owner0,
+                               _pack_transfers(r.transfers), r.ppk, *r.key))
+                r.dirty = False
+        if params:
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO _rs_rows(tbl, pk, live, created, owner0, transfers, ppk,"
+                " mh, mn, me) VALUES (?,?,?,?,?,?,?,?,?,?)", params)
+
+    # -- finish: recompute, retry parked, version vector
+
+    def finish(self) -> None:
+        conn = self.conn
+        done: set[tuple[str, str]] = set()
+        queue = list(self.slow)
+        newly_known: set[tuple[str, str]] = set()
+        self._run(queue, done, newly_known)
+        pending = set(self.touched) | done
+        rounds = 0
+        while pending and _one(conn, "SELECT EXISTS(SELECT 1 FROM _rs_status"
+                                     " WHERE wtbl IS NOT NULL)"):
+            rounds += 1
+            retry = [tuple(r) for r in conn.execute(
+                "SELECT DISTINCT tbl, pk FROM _rs_status WHERE wtbl IS NOT NULL AND"
+                " (wtbl, wpk) IN (SELECT value->>0, value->>1 FROM json_each(?))",
+                (json.dumps([list(p) for p in pending]),))]
+            if not retry:
+                break
+            newly_known = set()
+            self._run(retry, set(), newly_known)
+            pending = newly_known
+        self._advance_origins()
+        self._count()
+
+    def _count(self) -> None:
+        """Final verdicts of this apply's new events (after recomputes and retries)."""
+        res = self.result
+        if not getattr(self, "ids", None):
+            return
+        lo, hi = min(self.ids.values()), max(self.ids.values())
+        counts = dict(self.conn.execute(
+            "SELECT status, count(*) FROM _rs_status WHERE jid BETWEEN ? AND ? GROUP BY status",
+            (lo, hi)))
+        res.conflicts = counts.get(merge.CONFLICT, 0)
+        res.parked = counts.get(merge.PARKED, 0)
+        res.rejected = counts.get(merge.REJECTED, 0)
+        res.applied = (hi - lo + 1) - sum(counts.values())
+        res.conflict_ids = [merge.conflict_id(tuple(r)) for r in self.conn.execute(
+            "SELECT j.node, j.epoch, j.seq FROM _rs_status s JOIN _rs_journal j USING (jid)"
+            " WHERE s.jid BETWEEN ? AND ? AND s.status='conflict' ORDER BY s.jid", (lo, hi))]
+
+    def _run(self, queue: list, done: set, newly_known: set) -> None:
+        while queue:
+            key = queue.pop()
+            if key in done:
+                continue
+            done.add(key)
+            self.result.recomputed_rows += 1
+            was_known, now_known, owners_changed = self._recompute(key)
+            if now_known and not was_known:
+                newly_known.add(key)
+            if owners_changed:
+                for child in self.schema.children_of(key[0]):
+                    for (cpk,) in self.conn.execute(
+                            "SELECT pk FROM _rs_rows WHERE ppk=? AND tbl=?", (key[1], child.name)):
+                        done.discard((child.name, cpk))
+                        queue.append((child.name, cpk))
+
+    def _recompute(self, key: tuple[str, str]) -> tuple[bool, bool, bool]:
+        conn = self.conn
+        tbl, pk = key
+        t = self.schema.tables.get(tbl)
+        if t is None:
+            return (False, False, False)
+        events = []
+        jids = {}
+        for jid, body in conn.execute(
+                "SELECT jid, body FROM _rs_journal j WHERE tbl=? AND pk=? AND NOT EXISTS"
+                " (SELECT 1 FROM _rs_status s WHERE s.jid=j.jid AND s.status=?)",
+                (tbl, pk, RESEQUENCED)):
+            ev = _ev_dec.decode(body)
+            events.append(ev)
+            jids[ev.event_id] = jid
+        old = _first(conn, "SELECT live, owner0, transfers FROM _rs_rows WHERE tbl=? AND pk=?",
+                     key)
+        out = merge.fold_row(t, pk, events, self.rules, self._known_db, self._owner_db)
+        conn.execute("DELETE FROM _rs_status WHERE tbl=? AND pk=? AND status != ?",
+                     (tbl, pk, RESEQUENCED))
+        st = []
+        for eid, v in out.verdicts.items():
+            if v.accepted:
+                continue
+            closed = out.closed.get(eid)
+            st.append((jids[eid], tbl, pk, v.status, v.cause,
+                       v.wait[0] if v.wait else None, v.wait[1] if v.wait else None,
+                       merge.conflict_id(closed[0]) if closed else None,
+                       closed[1] if closed else None))
+        if st:
+            conn.executemany(
+                "INSERT OR REPLACE INTO _rs_status(jid, tbl, pk, status, cause, wtbl, wpk,"
+                " closed_by, decision) VALUES (?,?,?,?,?,?,?,?,?)", st)
+        exists = _one(conn, f"SELECT 1 FROM {q(tbl)} WHERE {q(t.primary_key)}=?", (pk,))
+        if out.live:
+            vals = [out.values[c] for c in t.columns]
+            if exists:
+                sets = ", ".join(f"{q(c)}=?" for c in t.columns)
+                conn.execute(f"UPDATE {q(tbl)} SET {sets} WHERE {q(t.primary_key)}=?",
+                             (*vals, pk))
+            else:
+                marks = ",".join("?" * (len(t.columns) + 1))
+                conn.execute(f"INSERT INTO {q(tbl)} VALUES ({marks})", (pk, *vals))
+        elif exists:
+            conn.execute(f"DELETE FROM {q(tbl)} WHERE {q(t.primary_key)}=?", (pk,))
+        created = any(v.accepted and ev.kind == CREATE
+                      for ev in events for v in [out.verdicts.get(ev.event_id)] if v)
+        if out.known:
+            r = _Row(out.live, created, out.owner0, out.transfers, out.ppk, out.max_key)
+            conn.execute(
+                "INSERT OR REPLACE INTO _rs_rows(tbl, pk, live, created, owner0, transfers, ppk,"
+                " mh, mn, me) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (tbl, pk, r.live, r.created, r.owner0, _pack_transfers(r.transfers), r.ppk,
+                 *r.key))
+        else:
+            r = None
+            conn.execute("DELETE FROM _rs_rows WHERE tbl=? AND pk=?", key)
+        self.rows[key] = r
+        new_owners = (out.owner0, _pack_transfers(out.transfers))
+        owners_changed = old is None or (old[1], old[2]) != new_owners
+        return (old is not None, out.known, owners_changed and out.known)
+
+    def _known_db(self, tbl: str, pk: str) -> bool:
+        return _one(self.conn, "SELECT 1 FROM _rs_rows WHERE tbl=? AND pk=?", (tbl, pk)) is not None
+
+    def _owner_db(self, tbl: str, pk: str, k) -> str | None:
+        r = _first(self.conn, "SELECT owner0, transfers, ppk FROM _rs_rows WHERE tbl=? AND pk=?",
+                   (tbl, pk))
+        if r is None:
+            return None
+        t = self.schema.tables[tbl]
+        if t.parent_table:
+            return self._owner_db(t.parent_table, r[2], k)
+        return merge.owner_at(r[0], _unpack_transfers(r[1]), k)
+
+    def _advance_origins(self) -> None:
+        conn = self.conn
+        for node, epoch in self.new_origins:
+            contig = _one(conn, "SELECT contiguous FROM _rs_origins WHERE node=? AND epoch=?",
+                          (node, epoch))
+            if contig is None:
+                contig = 0
+                conn.execute("INSERT INTO _rs_origins(node, epoch) VALUES (?,?)", (node, epoch))
+            start = contig
+            for (seq,) in conn.execute(
+                    "SELECT seq FROM _rs_journal WHERE node=? AND epoch=? AND seq>? ORDER BY seq",
+                    (node, epoch, contig)):
+                if seq != contig + 1:
+                    break
+                contig = seq
+            if contig != start:
+                conn.execute("UPDATE _rs_origins SET contiguous=? WHERE node=? AND epoch=?",
+                             (contig, node, epoch))

@@ -1,0 +1,66 @@
+"""The engine's own tables (prefix ``_rs_``) and the migrations that create them.
+
+* ``_rs_journal``: every event held, in arrival order.  Append-only, enforced by triggers
+  that raise on UPDATE and DELETE, and hash-chained (each row's ``chain`` is the SHA-256 of
+  the previous chain, the event bytes and the source), so it doubles as the audit trail:
+  an accepted change is a journal row with no ``_rs_status`` row.
+* ``_rs_status``: the verdict of every event that is *not* an accepted change (conflict,
+  parked, rejected, resequenced), with its cause.  Derived data: a row's recompute rewrites
+  the statuses of its events.
+* ``_rs_rows``: per replicated row, what the fast path needs: live, created, the owner
+  history, the parent key, and the greatest order key of its judged events.
+* ``_rs_origins``: per origin (node, epoch): highest contiguous sequence held (the version
+  vector) and, for this node's own origins, the highest sequence the hub acknowledged.
+* ``_rs_cursors``: named delivery cursors, moved in the same transaction as their apply.
+* ``_rs_meta``: small durable key-value (last HLC, node id, epoch, next sequence...).
+"""
+
+from __future__ import annotations
+
+import apsw
+
+from .db import Migration
+
+APPEND_ONLY = "the journal is append-only (it is the audit trail)"
+
+
+def _m0001_engine(conn: apsw.Connection) -> None:
+    conn.execute(
+        f"""
+        CREATE TABLE _rs_meta (key TEXT PRIMARY KEY, value) ;
+        CREATE TABLE _rs_journal (
+            jid INTEGER PRIMARY KEY,
+            node TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+            hlc INTEGER NOT NULL, kind TEXT NOT NULL, tbl TEXT NOT NULL, pk TEXT NOT NULL,
+            user TEXT NOT NULL, role TEXT NOT NULL, admin INTEGER NOT NULL,
+            source TEXT NOT NULL, body BLOB NOT NULL, chain BLOB NOT NULL);
+        CREATE UNIQUE INDEX _rs_journal_id ON _rs_journal(node, epoch, seq);
+        CREATE INDEX _rs_journal_row ON _rs_journal(tbl, pk);
+        CREATE TRIGGER _rs_journal_no_update BEFORE UPDATE ON _rs_journal
+            BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+        CREATE TRIGGER _rs_journal_no_delete BEFORE DELETE ON _rs_journal
+            BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+        CREATE TABLE _rs_status (
+            jid INTEGER PRIMARY KEY, tbl TEXT NOT NULL, pk TEXT NOT NULL,
+            status TEXT NOT NULL, cause TEXT NOT NULL, wtbl TEXT, wpk TEXT,
+            closed_by TEXT, decision TEXT);
+        CREATE INDEX _rs_status_row ON _rs_status(tbl, pk);
+        CREATE INDEX _rs_status_wait ON _rs_status(wtbl, wpk) WHERE wtbl IS NOT NULL;
+        CREATE INDEX _rs_status_kind ON _rs_status(status);
+        CREATE TABLE _rs_rows (
+            tbl TEXT NOT NULL, pk TEXT NOT NULL, live INTEGER NOT NULL,
+            created INTEGER NOT NULL, owner0 TEXT, transfers BLOB, ppk TEXT,
+            mh INTEGER NOT NULL, mn TEXT NOT NULL, me INTEGER NOT NULL,
+            PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+        CREATE INDEX _rs_rows_parent ON _rs_rows(ppk, tbl) WHERE ppk IS NOT NULL;
+        CREATE TABLE _rs_origins (
+            node TEXT NOT NULL, epoch INTEGER NOT NULL,
+            contiguous INTEGER NOT NULL DEFAULT 0, acked INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (node, epoch)) WITHOUT ROWID;
+        CREATE TABLE _rs_cursors (name TEXT PRIMARY KEY, epoch INTEGER NOT NULL,
+            seq INTEGER NOT NULL);
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [("0001_engine", _m0001_engine)]

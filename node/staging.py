@@ -885,15 +885,27 @@ class StoreLive:
         self.conn = store_conn(store)
 
     def owner_of(self, table: str, key: str) -> str | None:
-        if self.schema.table(table) is None:
+        """The office owning a live row: its last transfer, else its creator, else its
+        parent's owner for tables whose ownership follows a parent row."""
+        t = self.schema.table(table)
+        if t is None:
             return None
         fn = getattr(self.store, "owner_of", None)
         if fn is not None:
-            return fn(table, key) if self.store.get_row(table, key) is not None else None
-        row = self.store.get_row(table, key)
-        if row is None:
-            return None
-        return row.get("_owner") or row.get("owner") or self.office
+            return fn(table, key)
+        for live, owner0, transfers, ppk in self.conn.execute(
+                "SELECT live, owner0, transfers, ppk FROM _rs_rows WHERE tbl=? AND pk=?",
+                (table, key)):
+            if not live:
+                return None
+            if t.parent_table and ppk is not None:
+                return self.owner_of(t.parent_table, ppk)
+            if transfers:
+                import msgspec
+
+                return msgspec.msgpack.decode(transfers)[-1][3]
+            return owner0
+        return None
 
     def holder_of(self, table: str, column: str, value: Any) -> str | None:
         t = self.schema.table(table)

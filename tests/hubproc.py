@@ -10,7 +10,7 @@ Reusable by any test that needs a hub::
         status, reply = hub.post("/v1/push", south.batch(3))
         assert status == 200
 
-- ``HubProcess`` starts ``python -m riversync.cli hub serve -c HUB_TOML --port 0`` as a
+- ``HubProcess`` starts ``riversync hub serve -c HUB_TOML --port 0`` as a
   separate process, reads the URL from its first stdout line, and always stops it
   (SIGTERM, then SIGKILL) on exit.  ``kill()`` is SIGKILL, ``start()`` again restarts it
   on a new free port.  Every wait is bounded.
@@ -42,6 +42,10 @@ from riversync.protocol.version import VERSION
 
 from riversync import cluster as cluster_mod
 from riversync import config
+
+# The `riversync` command of this interpreter's environment.  (Not `python -m riversync.cli`:
+# run as __main__, that module's CommandError is another class than the commands raise.)
+RIVERSYNC = [sys.executable, "-c", "import sys; from riversync.cli import main; sys.exit(main())"]
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -98,7 +102,7 @@ class HubProcess:
         self.lines = []
         self._stderr = open(self.config_path.parent / "hub-stderr.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "riversync.cli", "hub", "serve", "-c", str(self.config_path),
+            [*RIVERSYNC, "hub", "serve", "-c", str(self.config_path),
              "--port", "0", *self.extra_args],
             stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
         )

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
-from hubproc import HubProcess, TestCluster, decode_reply, now_ms, store_snapshot
+from hubproc import RIVERSYNC, HubProcess, TestCluster, decode_reply, now_ms, store_snapshot
 from riversync.protocol import codec
 from riversync.protocol.messages import Batch, Envelope, ErrorReply, PullReply, PushReply
 
@@ -69,7 +68,7 @@ def test_c15_shared_timestamps_and_no_reused_sequence(tmp_path):
         for node in (north, south, east):
             assert pull(hub, node, epoch, 250).batches == []
         out = subprocess.run(
-            [sys.executable, "-m", "riversync.cli", "hub", "prune", "-c",
+            [*RIVERSYNC, "hub", "prune", "-c",
              str(cluster.hub_config), "--json"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout) == {"removed_batches": 250, "upto_seq": 250}

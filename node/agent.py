@@ -105,6 +105,12 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     return d / 2 + rng.uniform(0, d / 2)
 
 
+def _retrieve(fut: asyncio.Future) -> None:
+    """Mark an abandoned request's outcome as seen (the caller handles or drops it)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -498,6 +504,7 @@ class Agent:
                     e=self.store.epoch, nonce=os.urandom(16), hub_epoch=hub_epoch,
                     cursor=cursor, limit=PULL_LIMIT, wait_ms=wait_ms)
         fut = asyncio.ensure_future(self.hub.pull(sign(body, self.key), wait_ms))
+        fut.add_done_callback(_retrieve)
         if not interruptible:
             return await fut
         stop = asyncio.ensure_future(self._poll_interrupt.wait())

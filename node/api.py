@@ -26,7 +26,8 @@ from .transport import HubUnreachable
 log = logging.getLogger("riversync.node.api")
 
 STATIC_DIR = Path(__file__).parent / "static"
-OPEN_PATHS = ("/healthz", "/", "/ui", "/static/")
+OPEN_PATHS = frozenset({"/healthz", "/", "/ui"})
+OPEN_PREFIX = "/static/"
 MAX_LIST_LIMIT = 1000
 CTX_KEY = web.AppKey("riversync_node", object)
 
@@ -151,8 +152,7 @@ def event_json(ev: Any) -> dict:
 async def error_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
     try:
         path = request.path
-        if not (path == "/" or any(path == p or (p.endswith("/") and path.startswith(p))
-                                   for p in OPEN_PATHS)):
+        if path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX):
             ctx = ctx_of(request)
             caller = authenticate(request.headers.get("Authorization"), ctx.roster)
             request["caller"] = caller

@@ -23,6 +23,13 @@ COMMAND_MODULES: list[str] = [
     # one line per module under riversync/commands/, in the order --help lists them
     "cluster",
     "hub",
+    "node",
+    "status",
+    "conflicts",
+    "verify",
+    "backup",
+    "restore",
+    "demo",
 ]
 
 

@@ -947,3 +947,148 @@ def backlog(store, *, email_dir: str | None = None, now: int | None = None) -> d
     b["email_backlog"] = b["email_pending"] + files
     b["excel_oldest_age_s"] = b["xlsx_oldest_age_s"] if b["xlsx_pending"] else None
     return b
+
+
+class StagingDesk:
+    """Everything a clerk or operator does with staging, for one node's open Store.
+
+    The node API and the ``riversync`` commands both call these methods (the API from
+    its database thread), so the two surfaces cannot drift apart.  Results are plain
+    JSON-ready dicts.
+    """
+
+    def __init__(self, store, schema, import_options: dict | None = None):
+        self.store = store
+        self.schema = schema
+        self.opts = import_options or {}
+        self.staging = Staging(store_conn(store))
+        self.live = StoreLive(store, schema)
+
+    def rules(self, table: str) -> TableRules:
+        return rules_from_schema(self.schema, table, self.opts.get(table))
+
+    def import_xlsx(self, path: str, table: str, *, user: str, sheet: str | None = None,
+                    source: str | None = None, progress: ProgressFn | None = None) -> dict:
+        from .xlsx_import import import_xlsx
+
+        res = import_xlsx(self.staging, path, self.rules(table), self.live, user=user,
+                          sheet=sheet, source=source, progress=progress)
+        return {"batch": self.staging.batch(res.batch_id).to_json(), "summary": res.summary}
+
+    def list(self, state: str | None = None, limit: int = 100) -> dict:
+        out = []
+        for b in self.staging.batches(state=state, limit=limit):
+            d = b.to_json()
+            d["counts"] = self.staging.counts(b.id)
+            out.append(d)
+        return {"batches": out}
+
+    def show(self, batch_id: int, *, status: str | None = None, limit: int = 1000,
+             offset: int = 0) -> dict:
+        b = self.staging.batch(batch_id).to_json()
+        b["counts"] = self.staging.counts(batch_id)
+        rows = self.staging.rows(batch_id, status=status, limit=limit, offset=offset)
+        out = {"batch": b, "rows": rows}
+        if b["kind"] == "email":
+            out["message"] = self.message(batch_id)
+        return out
+
+    def message(self, batch_id: int) -> dict | None:
+        for key, fname, subject, sender, sent, received, flags in self.staging.conn.execute(
+                "SELECT message_key, file_name, subject, sender, sent_at, received_at, flags"
+                " FROM staging_messages WHERE batch_id=?", (batch_id,)):
+            parts = [
+                {"part": n, "content_type": ct, "declared_charset": dc, "used_charset": uc,
+                 "filename": fn, "bytes": size, "text": text}
+                for n, ct, dc, uc, fn, size, text in self.staging.conn.execute(
+                    "SELECT part_no, content_type, declared_charset, used_charset, filename,"
+                    " length(raw), text FROM staging_parts WHERE batch_id=? ORDER BY part_no",
+                    (batch_id,))]
+            return {"message_id": key, "file": fname, "subject": subject, "from": sender,
+                    "sent_at": sent, "received_at": received, "flags": json.loads(flags),
+                    "parts": parts}
+        return None
+
+    def _table_of(self, batch_id: int) -> str:
+        b = self.staging.batch(batch_id)
+        if not b.table:
+            raise NothingToApply(f"batch {batch_id} names no table",
+                                 hint="a message needs a 'table:' line; see docs/how-to/email.md")
+        return b.table
+
+    def apply(self, batch_id: int, *, user: str, confirm: bool = False,
+              exclude: Iterable[int] = (), now: int | None = None) -> dict:
+        rules = self.rules(self._table_of(batch_id))
+        exclude = list(exclude)
+        if exclude:
+            self.staging.exclude(batch_id, exclude)
+        b = self.staging.apply(batch_id, self.store, rules, self.live, user=user, now=now,
+                               confirm=confirm, to_change=lambda r: to_local_change(rules, r))
+        return {"batch": b.to_json()}
+
+    def reject(self, batch_id: int, *, user: str, reason: str = "") -> dict:
+        return {"batch": self.staging.reject(batch_id, user=user, reason=reason).to_json()}
+
+    def exclude(self, batch_id: int, rows: Iterable[int], excluded: bool = True) -> dict:
+        n = self.staging.exclude(batch_id, rows, excluded)
+        return {"changed": n, "batch": self.staging.batch(batch_id).to_json()}
+
+    def edit(self, batch_id: int, row: int, values: dict) -> dict:
+        rules = self.rules(self._table_of(batch_id))
+        return {"row": self.staging.edit_row(batch_id, row, values, rules, self.live)}
+
+    def ingest(self, folder: str, *, user: str = "email") -> dict:
+        from .email_ingest import ingest_folder
+
+        return ingest_folder(self.staging, folder, self.rules, self.live, user=user).to_json()
+
+    def export(self, out_path: str, scope: str, *, node: str) -> dict:
+        from .xlsx_export import export_batch, export_snapshot, parse_scope
+
+        kind, ident = parse_scope(scope)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if kind in ("batch", "staging"):
+            bid = int(ident) if ident.isdigit() else -1
+            n = export_batch(out_path, self.staging, bid, self.rules(self._table_of(bid)),
+                             node=node, exported_at=stamp)
+            return {"file": out_path, "scope": scope, "tables": {"staging": n}}
+        conn = store_conn(self.store)
+        own = not conn.in_transaction
+        if own:
+            conn.execute("BEGIN DEFERRED")  # one read snapshot for every sheet; no write lock
+        try:
+            shapes = _shapes(self.schema)
+            hlc = conn.execute("SELECT coalesce(max(hlc), 0) FROM _rs_journal").fetchall()[0][0]
+            tables = export_snapshot(
+                out_path, shapes, self._rows_with_owner, scope=(kind, ident), node=node,
+                office=self.store.office, snapshot_hlc=hlc, schema_version=self.schema.version,
+                exported_at=stamp)
+        finally:
+            if own:
+                conn.execute("COMMIT")
+        return {"file": out_path, "scope": scope, "snapshot_hlc": hlc, "tables": tables}
+
+    def _rows_with_owner(self, table: str):
+        t = self.schema.table(table)
+        cols = ", ".join(f'"{c}"' for c in [t.primary_key, *t.columns])
+        names = [t.primary_key, *t.columns]
+        flags = {c.name for c in t.columns.values() if c.type == "boolean"}
+        for row in store_conn(self.store).execute(
+                f'SELECT {cols} FROM "{t.name}" ORDER BY "{t.primary_key}"'):
+            d = dict(zip(names, row, strict=True))
+            for f in flags:
+                if d[f] is not None:
+                    d[f] = bool(d[f])
+            yield d, self.live.owner_of(table, d[t.primary_key])
+
+    def backlog(self) -> dict:
+        return backlog(self.store)
+
+
+def _shapes(schema) -> dict:
+    from .xlsx_export import TableShape
+
+    return {t.name: TableShape(t.name, t.primary_key,
+                               tuple((c.name, c.type) for c in t.columns.values()),
+                               dict(t.references))
+            for t in schema.tables.values()}

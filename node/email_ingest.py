@@ -426,9 +426,9 @@ def _check_rows(rules: TableRules, kv_rows: list[dict[str, str]], live: LiveView
             wanted.setdefault(norm_header(n), c.name)
     checks = FileChecks(rules)
     out = []
-    for i, kv in enumerate(kv_rows, start=1):
+    for kv in kv_rows:
         raw = {}
-        row = StagedRow(i, {})
+        row = StagedRow(len(out) + 1, {})  # rows are numbered as staged: item 1, 2, ...
         for k, v in kv.items():
             col = wanted.get(k)
             if col is None:

@@ -12,5 +12,5 @@ MAX_BYTES_VALUE = 8 * 1024 * 1024  # one blob value
 MAX_COLUMNS = 256  # columns set by one event
 MAX_BATCHES_PER_PULL = 1_000  # batches returned by one pull
 MAX_WAIT_MS = 60_000  # longest long-poll a hub will hold
-NONCE_BYTES = 16
-HASH_BYTES = 32
+NONCE_BYTES = 16  # random bytes per request; collisions are out of reach
+HASH_BYTES = 32  # SHA-256 of a batch's body bytes

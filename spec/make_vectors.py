@@ -496,6 +496,9 @@ def _type_text(t) -> str:
     it = msgspec.inspect
     if isinstance(t, it.StrType):
         if t.pattern:
+            choice = re.fullmatch(r"\^\(([\w|]+)\)\$", t.pattern)
+            if choice:
+                return "str, one of " + ", ".join(f"`{c}`" for c in choice.group(1).split("|"))
             return f"str `{t.pattern}`"
         return f"str ({t.min_length or 0}..{t.max_length} chars)" if t.max_length else "str"
     if isinstance(t, it.BoolType):
@@ -523,14 +526,19 @@ def field_table(cls) -> str:
     rows = ["| # | field | msgpack type | required | meaning |", "|---|---|---|---|---|"]
     pos = 0
     if info.tag_field:
-        rows.append(f"| {pos} | `{info.tag_field}` | str `{info.tag}` | yes | message tag |")
+        rows.append(_row(pos, f"`{info.tag_field}`", f"str `{info.tag}`", "yes", "message tag"))
         pos += 1
     for f in info.fields:
         meaning = FIELD_MEANINGS.get((cls.__name__, f.name)) or FIELD_MEANINGS[("*", f.name)]
         req = "yes" if f.required else f"no (default `{_default(f)}`)"
-        rows.append(f"| {pos} | `{f.encode_name}` | {_type_text(f.type)} | {req} | {meaning} |")
+        rows.append(_row(pos, f"`{f.encode_name}`", _type_text(f.type), req, meaning))
         pos += 1
     return "\n".join(rows)
+
+
+def _row(*cells: object) -> str:
+    """One table row; a pipe inside a cell is escaped so it cannot split the cell."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
 def _default(f) -> str:
@@ -618,19 +626,24 @@ TABLE_TYPES = [messages.Envelope, Batch, Hello, Pull, StatusRequest, Create, Upd
 def error_table() -> str:
     rows = ["| code | HTTP | action | next step (hint) |", "|---|---|---|---|"]
     for cls in errors.ALL_ERRORS:
-        rows.append(f"| `{cls.code}` | {cls.http_status} | `{cls.action}` | {cls.hint} |")
+        rows.append(_row(f"`{cls.code}`", cls.http_status, f"`{cls.action}`", cls.hint))
     return "\n".join(rows)
 
 
 def limits_table() -> str:
-    rows = ["| limit | value | error when exceeded |", "|---|---|---|"]
+    """The limits of protocol/limits.py with the reason written beside each in the code."""
+    import inspect
+
+    reasons = dict(re.findall(r"^([A-Z_]+) = [^#\n]*#\s*(.*)$", inspect.getsource(limits), re.M))
+    rows = ["| limit | value | error when exceeded | why |", "|---|---|---|---|"]
     over = {"MAX_BLOB_BYTES": "TOO_LARGE", "MAX_EVENTS_PER_BATCH": "TOO_LARGE"}
     for name in dir(limits):
         if name.isupper():
             err = over.get(name, "MALFORMED")
             if name in ("NONCE_BYTES", "HASH_BYTES"):
                 err = "MALFORMED (exact size)"
-            rows.append(f"| `{name}` | {getattr(limits, name):,} | {err} |")
+            rows.append(_row(f"`{name}`", f"{getattr(limits, name):,}", err,
+                             reasons.get(name, "")))
     return "\n".join(rows)
 
 
@@ -638,7 +651,7 @@ def chain_table() -> str:
     rows = ["| state | observation | outcome | next state |", "|---|---|---|---|"]
     for (state, seen), (outcome, nxt) in chain.TRANSITIONS.items():
         code = {chain.GAP: " (`SEQUENCE_GAP`)", chain.FORK: " (`SEQUENCE_FORK`)"}.get(outcome, "")
-        rows.append(f"| {state} | {seen}: {chain.OBSERVATIONS[seen]} | {outcome}{code} | {nxt} |")
+        rows.append(_row(state, f"{seen}: {chain.OBSERVATIONS[seen]}", f"{outcome}{code}", nxt))
     return "\n".join(rows)
 
 

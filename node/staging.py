@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from riversync.engine.db import migrate, transaction
+
+# Library logging: the daemon configures handlers; a command does not print these twice.
+logging.getLogger("riversync.staging").addHandler(logging.NullHandler())
 
 # ---------------------------------------------------------------------------------------
 # errors

@@ -427,7 +427,7 @@ def _find_header(rows_iter: Iterator[tuple], rules: TableRules, name: str, title
 
 
 def _reason_key(column: str, message: str) -> str:
-    generic = re.sub(r"'[^']*'|\b\d[\d.,:/-]*\b", "…", message)
+    generic = re.sub(r"'[^']*'|\S*\d\S*", "…", message)
     return f"{column}: {generic}" if column else generic
 
 

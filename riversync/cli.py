@@ -26,10 +26,15 @@ COMMAND_MODULES: list[str] = [
     "node",
     "status",
     "conflicts",
+    "importxlsx",
+    "staging",
+    "export",
+    "ingest",
     "verify",
     "backup",
     "restore",
     "demo",
+    "conformance",
 ]
 
 

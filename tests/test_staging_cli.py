@@ -1,0 +1,97 @@
+"""The staging commands on a real cluster directory (made by `riversync cluster init`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import openpyxl
+import pytest
+
+from riversync.cli import main
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+@pytest.fixture
+def cluster(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RIVERSYNC_TOKEN", raising=False)
+    d = tmp_path / "c"
+    assert main(["cluster", "init", "--offices", "north,south", str(d)]) == 0
+    shutil.copy(os.path.join(DATA, "staging_schema.toml"), d / "schema.toml")
+    capsys.readouterr()
+    monkeypatch.chdir(d)
+    return d
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def run_json(capsys, *argv):
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_import_review_apply_export_and_reimport(cluster, capsys, tmp_path):
+    cfg = "node-north.toml"
+    code, out, err = run(capsys, "import", "xlsx", os.path.join(DATA, "C28-apply-atomicity.xlsx"),
+                         "--table", "customers", "-c", cfg)
+    assert code == 0, err
+    assert "staged batch 1" in out and "4 valid, 1 invalid" in out
+    assert "Next: riversync staging show 1" in out
+    listed = run_json(capsys, "staging", "list", "-c", cfg)
+    assert [b["state"] for b in listed["batches"]] == ["pending"]
+    shown = run_json(capsys, "staging", "show", "1", "--invalid", "-c", cfg)
+    assert [r["row"] for r in shown["rows"]] == [5]
+    applied = run_json(capsys, "staging", "apply", "1", "--exclude", "4", "-c", cfg)
+    assert applied["batch"]["events"] == 3
+    code, out, err = run(capsys, "staging", "apply", "1", "-c", cfg)
+    assert code != 0 and "STAGING_BATCH_CLOSED" in err
+    out_file = tmp_path / "snap.xlsx"
+    exported = run_json(capsys, "export", "xlsx", str(out_file), "--scope", "office=north",
+                        "-c", cfg)
+    assert exported["tables"] == {"customers": 3} and exported["snapshot_hlc"] > 0
+    wb = openpyxl.load_workbook(out_file)
+    meta = {r[0]: r[1] for r in wb["_riversync"].iter_rows(min_row=2, values_only=True)}
+    assert meta["node"] == "north" and meta["scope"] == "office=north"
+    assert int(meta["snapshot_hlc"]) == exported["snapshot_hlc"]
+    code, out, err = run(capsys, "import", "xlsx", str(out_file), "--table", "customers",
+                         "-c", cfg)
+    assert code == 0 and "--confirm-reimport" in out
+    code, out, err = run(capsys, "staging", "apply", "2", "-c", cfg)
+    assert code != 0 and "STAGING_CONFIRM_REQUIRED" in err
+    rejected = run_json(capsys, "staging", "reject", "2", "--reason", "snapshot", "-c", cfg)
+    assert rejected["batch"]["state"] == "rejected"
+
+
+def test_refused_file_exits_2_and_stages_nothing(cluster, capsys):
+    code, out, err = run(capsys, "import", "xlsx", os.path.join(DATA, "C27-encrypted.xlsx"),
+                         "--table", "customers", "-c", "node-north.toml")
+    assert code == 2
+    assert "XLSX_ENCRYPTED" in err and "Try:" in err and "Traceback" not in err
+    assert run_json(capsys, "staging", "list", "-c", "node-north.toml")["batches"] == []
+    code, out, err = run(capsys, "import", "xlsx", "missing.xlsx", "--table", "customers",
+                         "-c", "node-north.toml")
+    assert code == 2 and "no such file" in err
+    code, out, err = run(capsys, "import", "xlsx", os.path.join(DATA, "C25-phantom-rows.xlsx"),
+                         "--table", "nope", "-c", "node-north.toml")
+    assert code == 2 and "STAGING_UNKNOWN_TABLE" in err
+
+
+def test_ingest_email_from_a_drop_folder(cluster, capsys):
+    drop = cluster / "drop"
+    drop.mkdir()
+    for n in ("C30-charset-mislabel.eml", "C32-no-date.eml"):
+        shutil.copy(os.path.join(DATA, n), drop / n)
+    res = run_json(capsys, "ingest", "email", str(drop), "-c", "node-north.toml")
+    assert len(res["staged"]) == 2
+    shutil.copy(os.path.join(DATA, "C32-no-date.eml"), drop / "again.eml")
+    code, out, err = run(capsys, "ingest", "email", str(drop), "-c", "node-north.toml")
+    assert code == 0 and "0 staged, 1 already staged" in out
+    assert sorted(os.listdir(drop / "processed")) == ["C30-charset-mislabel.eml",
+                                                      "C32-no-date.eml", "again.eml"]

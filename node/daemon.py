@@ -116,6 +116,7 @@ class NodeContext:
     started_at: float = field(default_factory=time.time)
     maintenance: str | None = None
     staging_backlog: Any = None  # callable(store) -> dict, set when staging is installed
+    schema_path: Path | None = None
 
     @property
     def roster(self):
@@ -285,7 +286,8 @@ async def serve(cfg: NodeConfig, schema_path: Path | None = None, *,
     """Run the node until SIGTERM/SIGINT (or ``stop`` is set); returns an exit code."""
     from riversync.engine.schema import load_schema
 
-    schema = load_schema(schema_path_for(cfg, schema_path))
+    schema_path = schema_path_for(cfg, schema_path)
+    schema = load_schema(schema_path)
     key = cfg.signing_key()  # fail before anything starts if the key is wrong
     del key
     metrics = NodeMetrics()
@@ -293,7 +295,7 @@ async def serve(cfg: NodeConfig, schema_path: Path | None = None, *,
     with db_lock(cfg.db_path):
         store = await db.run(open_store, cfg, schema)
         ctx = NodeContext(cfg=cfg, schema=schema, store=store, db=db, metrics=metrics,
-                          thresholds=thresholds_from(cfg))
+                          thresholds=thresholds_from(cfg), schema_path=schema_path)
         ctx.agent = make_agent(ctx)
         await ctx.agent.sync_now_quietly(STARTUP_SYNC_TIMEOUT_S)
         app = build_app(ctx)

@@ -79,4 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m riversync.cli` runs this file as __main__; call the imported module's main
+    # so that the CommandError the commands raise is the class main() catches.
+    from riversync.cli import main as _main
+
+    sys.exit(_main())

@@ -139,3 +139,17 @@ def test_roles_are_ordered():
         clerk.require("operator", "resolving a conflict")
     with pytest.raises(Forbidden):
         ops.require("admin", "an override")
+
+
+def test_every_metric_and_alert_code_is_in_the_runbook():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "how-to" / "operate.md").read_text()
+    m = NodeMetrics()
+    names = {s.name for metric in m.registry.collect() for s in [metric]}
+    assert names
+    for name in names:
+        assert f"`{name}`" in doc or f"`{name}_total`" in doc, name
+    for code in ("NO_SYNC", "QUEUE_GROWING", "REPLAY_FAILING", "SYNC_STOPPED", "DB_UNAVAILABLE",
+                 "STAGING_STALE", "EMAIL_BACKLOG"):
+        assert f"`{code}`" in doc, code

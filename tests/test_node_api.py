@@ -1,0 +1,174 @@
+"""The node's local API over real HTTP: what it refuses, how, and that a refusal changes nothing."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from riversync.node.errors import ALL_API_ERRORS
+from riversync.node.localcluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "examples" / "leagues" / "schema.toml"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LocalCluster(tmp_path_factory.mktemp("api") / "c", ["north", "south"], schema=SCHEMA,
+                     sync_interval_s=1, realtime=True).create()
+    try:
+        c.start_all()
+        north = c.client("north", "north-clerk")
+        north.post("/v1/tables/offices/rows", {"pk": "north", "values": {"name": "North"}})
+        north.post("/v1/tables/players/rows", {"pk": "P-1", "values": {"full_name": "Kim"}})
+        c.client("south", "south-clerk").post("/v1/tables/players/rows",
+                                              {"pk": "P-S", "values": {"full_name": "Sam"}})
+        c.wait_for("convergence", c.converged, 30)
+        yield c
+    finally:
+        c.stop_all()
+
+
+def raw(c: LocalCluster, method: str, path: str, body: bytes | None = None,
+        token: str | None = None, office: str = "north") -> tuple[int, dict]:
+    req = urllib.request.Request(c.node_url(office) + path, data=body, method=method)
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, json.loads(e.read())
+
+
+def snapshot(c: LocalCluster) -> tuple:
+    """Everything a refused request must leave alone: digests, audit, queue."""
+    d = c.digests("north")
+    audit = c.client("north").get("/v1/audit?limit=1000")["audit"]
+    return d["state"], d["events"], len(audit), c.status("north")["outbox"]
+
+
+def js(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def refusals(c: LocalCluster) -> list[tuple[str, str, bytes | None, str | None, int, str]]:
+    clerk, ops = c.tokens["north-clerk"], c.tokens["north-operator"]
+    return [
+        # method, path, body, token, status, code
+        ("GET", "/v1/tables/players/rows", None, None, 401, "UNAUTHENTICATED"),
+        ("POST", "/v1/tables/players/rows", js({"pk": "P-9", "values": {"full_name": "X"}}),
+         None, 401, "UNAUTHENTICATED"),
+        ("POST", "/v1/tables/players/rows", js({"pk": "P-9", "values": {"full_name": "X"}}),
+         "not-a-token", 401, "UNAUTHENTICATED"),
+        ("POST", "/v1/tables/players/rows", js({"pk": "P-9", "values": {"full_name": "X"}}),
+         clerk + "x", 401, "UNAUTHENTICATED"),
+        ("POST", "/v1/conflicts/north:1:1/resolve", js({"decision": "accept"}), clerk, 403,
+         "FORBIDDEN"),
+        ("POST", "/v1/sync", js({}), clerk, 403, "FORBIDDEN"),
+        ("POST", "/v1/tables/players/rows", b"{not json", clerk, 400, "BAD_JSON"),
+        ("POST", "/v1/tables/players/rows", b"", clerk, 400, "BAD_JSON"),
+        ("POST", "/v1/tables/players/rows", b"[1, 2]", clerk, 400, "BAD_JSON"),
+        ("PATCH", "/v1/tables/players/rows/P-1", b"\xff\xfe", clerk, 400, "BAD_JSON"),
+        ("POST", "/v1/tables/nope/rows", js({"pk": "X", "values": {"a": 1}}), clerk, 404,
+         "UNKNOWN_TABLE"),
+        ("GET", "/v1/tables/nope/rows", None, clerk, 404, "UNKNOWN_TABLE"),
+        ("POST", "/v1/tables/players/rows", js({"pk": "P-9", "values": {"full_name": 12}}),
+         clerk, 400, "BAD_VALUE"),
+        ("POST", "/v1/tables/players/rows",
+         js({"pk": "P-9", "values": {"full_name": "X", "born_on": "yesterday"}}), clerk, 400,
+         "BAD_VALUE"),
+        ("POST", "/v1/tables/players/rows", js({"pk": "P-9", "values": {"phone": "1"}}), clerk,
+         400, "BAD_VALUE"),
+        ("POST", "/v1/tables/players/rows",
+         js({"pk": "P-9", "values": {"full_name": {"first": "X"}}}), clerk, 400, "BAD_VALUE"),
+        ("POST", "/v1/tables/players/rows", js({"pk": "P-9", "values": {"shoe": 9,
+                                                                          "full_name": "X"}}),
+         clerk, 400, "UNKNOWN_COLUMN"),
+        ("POST", "/v1/tables/players/rows", js({"values": {"full_name": "X"}}), clerk, 400,
+         "BAD_REQUEST"),
+        ("PATCH", "/v1/tables/players/rows/P-1", js({"values": {"credit_limit": "lots"}}),
+         clerk, 400, "BAD_VALUE"),
+        ("PATCH", "/v1/tables/players/rows/P-1", js({"values": {"phone": "1"}, "admin": True}),
+         clerk, 403, "FORBIDDEN"),
+        ("PATCH", "/v1/tables/players/rows/P-S", js({"values": {"phone": "1"}}), clerk, 403,
+         "NOT_OWNER"),
+        ("PATCH", "/v1/tables/players/rows/P-404", js({"values": {"phone": "1"}}), clerk, 404,
+         "ROW_NOT_FOUND"),
+        ("POST", "/v1/tables/players/rows", js({"pk": "P-1", "values": {"full_name": "Again"}}),
+         clerk, 409, "ROW_EXISTS"),
+        ("DELETE", "/v1/tables/players/rows/P-404", None, clerk, 404, "ROW_NOT_FOUND"),
+        ("POST", "/v1/tables/players/rows/P-1/transfer", js({"owner": "mars"}), clerk, 400,
+         "BAD_VALUE"),
+        ("POST", "/v1/conflicts/north:1:1/resolve", js({"decision": "maybe"}), ops, 400,
+         "BAD_REQUEST"),
+        ("POST", "/v1/conflicts/nope/resolve", js({"decision": "keep"}), ops, 404,
+         "CONFLICT_NOT_FOUND"),
+        ("GET", "/v1/nothing-here", None, clerk, 404, "NOT_FOUND"),
+    ]
+
+
+def test_refusals_are_typed_json_and_change_nothing(cluster):
+    c = cluster
+    before = snapshot(c)
+    for method, path, body, token, status, code in refusals(c):
+        got_status, got = raw(c, method, path, body, token)
+        where = f"{method} {path} {body!r}"
+        assert got_status == status, (where, got)
+        assert got["error"]["code"] == code, (where, got)
+        assert got["error"]["message"], where
+        assert got["error"]["hint"], where
+    assert snapshot(c) == before
+    assert c.client("north").get("/v1/tables/players/rows/P-1")["row"]["full_name"] == "Kim"
+    assert "P-9" not in {r["player_id"] for r in
+                         c.client("north").get("/v1/tables/players/rows")["rows"]}
+
+
+def test_healthz_is_the_only_open_path(cluster):
+    status, body = raw(cluster, "GET", "/healthz")
+    assert status == 200 and body["status"] in ("ok", "warning", "critical")
+    for path in ("/v1/status", "/metrics", "/v1/tables", "/v1/conflicts", "/v1/digests"):
+        status, body = raw(cluster, "GET", path)
+        assert (status, body["error"]["code"]) == (401, "UNAUTHENTICATED"), path
+
+
+def test_rows_lifecycle_and_roles(cluster):
+    c = cluster
+    clerk = c.client("north", "north-clerk")
+    made = clerk.post("/v1/tables/players/rows", {"pk": "P-2", "values": {"full_name": "Lee"}})
+    assert made["row"]["full_name"] == "Lee" and made["events"][0]["kind"] == "create"
+    upd = clerk.request("PATCH", "/v1/tables/players/rows/P-2", {"values": {"phone": None}})
+    assert upd["row"]["phone"] is None
+    upd = clerk.request("PATCH", "/v1/tables/players/rows/P-2", {"values": {"phone": ""}})
+    assert upd["row"]["phone"] == ""  # an empty string is a value, not NULL
+    assert clerk.get("/v1/tables/players/rows/P-2")["row"]["phone"] == ""
+    clerk.request("DELETE", "/v1/tables/players/rows/P-2")
+    status, body = raw(c, "GET", "/v1/tables/players/rows/P-2", token=c.tokens["north-clerk"])
+    assert (status, body["error"]["code"]) == (404, "ROW_NOT_FOUND")
+    # a clerk transfers a row its office owns; an admin overrides a row it does not own
+    clerk.post("/v1/tables/players/rows", {"pk": "P-3", "values": {"full_name": "Ona"}})
+    clerk.post("/v1/tables/players/rows/P-3/transfer", {"owner": "south"})
+    c.wait_for("P-3 at south", lambda: c.client("south").get(
+        "/v1/tables/players/rows?limit=1000")["rows"], 30)
+    admin = c.client("north", "admin")
+    c.wait_for("P-S at north", lambda: admin.get("/v1/tables/players/rows/P-S"), 30)
+    res = admin.request("PATCH", "/v1/tables/players/rows/P-S",
+                        {"values": {"phone": "555-0101"}, "admin": True})
+    assert res["row"]["phone"] == "555-0101"
+    c.wait_for("convergence", c.converged, 30)
+    tables = clerk.get("/v1/tables")["tables"]
+    assert "players" in [t["name"] for t in tables]
+
+
+def test_every_api_error_code_is_documented():
+    doc = (ROOT / "docs" / "reference" / "node-api.md").read_text()
+    for cls in ALL_API_ERRORS:
+        assert f"`{cls.code}`" in doc, cls.code

@@ -149,3 +149,13 @@ def test_conformance_command(tmp_path, capsys):
     with pytest.raises(CommandError) as e:
         _cli(["conformance", "--vectors", str(tmp_path / "nowhere")])
     assert e.value.exit_code == 2 and "--vectors" in e.value.hint
+
+
+def test_riversync_conformance_is_a_registered_command(capsys):
+    from riversync import cli
+
+    assert cli.main(["conformance", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"] == len(ALL)
+    assert cli.main(["conformance", "--vectors", "/nonexistent-dir"]) == 2
+    err = capsys.readouterr().err
+    assert "no conformance vectors" in err and "Try: riversync conformance --vectors" in err

@@ -80,11 +80,18 @@ class Proc:
         return self.popen.pid if self.popen else None
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
         if self.running:
             return
         with open(self.log, "ab") as out:
             self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        assert self.popen is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
@@ -193,9 +200,16 @@ class LocalCluster:
         self.procs[name].start()
 
     def start_all(self) -> None:
-        self.start("hub")
-        for office in self.offices:
-            self.start(office)
+        """Start the hub and every node at once (nodes retry until the hub answers)."""
+        names = ["hub", *self.offices]
+        try:
+            for name in names:
+                self.procs[name].spawn()
+            for name in names:
+                self.procs[name].wait_ready()
+        except BaseException:
+            self.stop_all()
+            raise
 
     def stop(self, name: str) -> None:
         self.procs[name].stop()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import tempfile
 import time
@@ -118,6 +119,9 @@ def main() -> int:
             t_push = time.perf_counter() - t0
             cpu_push = cpu_seconds(hub.proc.pid) - cpu0
             status = hub.status()
+            metrics = hub.get("/metrics")[2].decode()
+            commits = float(re.search(r"^riversync_hub_push_commits_total (\S+)", metrics,
+                                      re.M).group(1))
             assert status["events_held"] == total_events, status
             cpu0, t0 = cpu_seconds(hub.proc.pid), time.perf_counter()
             served = asyncio.run(pull_all(hub.url, origins, status["hub_epoch"], args.events))
@@ -134,7 +138,8 @@ def main() -> int:
           f"= {total_events:,} events, {mb:.1f} MB of signed batches")
     print(f"ingest (HTTP push, verify, store, fsync): {ingest:12,.0f} events/s "
           f"({len(all_envs) / t_push:,.1f} batches/s; hub CPU {cpu_push / t_push:.0%} of a core, "
-          f"{cpu_push / total_events * 1e6:.1f} us/event)")
+          f"{cpu_push / total_events * 1e6:.1f} us/event; "
+          f"{len(all_envs) / commits:.1f} batches per commit)")
     print(f"served (HTTP pull, {args.nodes} nodes):        {served / t_pull:12,.0f} events/s "
           f"(hub CPU {cpu_pull / t_pull:.0%} of a core)")
     print(f"raw apsw, commit per batch:               {raw1:12,.0f} events/s")

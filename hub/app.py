@@ -79,7 +79,7 @@ class Hub:
         self.writer = Writer(store)
         self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="hub-read")
         self.nonces = NonceBook(self.lim.fresh_window_ms, self.lim.max_nonces)
-        self.metrics = HubMetrics(self.status_snapshot)
+        self.metrics = HubMetrics(self.status_snapshot, lambda: self.writer.commits)
         self.inflight = 0  # requests being worked on (the middleware counts them)
         self.waiting = 0  # pulls waiting for a batch
         self._changed = asyncio.Event()

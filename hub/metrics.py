@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 P = "riversync_hub_"
 
 
 class HubMetrics:
-    def __init__(self, snapshot: Callable[[], dict]):
+    def __init__(self, snapshot: Callable[[], dict], commits: Callable[[], int] = lambda: 0):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.batches_stored = Counter(P + "batches_stored", "Batches stored (new, not duplicates)",
@@ -47,20 +47,24 @@ class HubMetrics:
         self.inflight = Gauge(P + "inflight_requests", "Requests being handled now", registry=r)
         self.long_polls = Gauge(P + "long_polls", "Pull requests waiting for new batches",
                                 registry=r)
-        r.register(_StoreCollector(snapshot))
+        r.register(_StoreCollector(snapshot, commits))
 
 
 class _StoreCollector:
     """Gauges read from the store at scrape time."""
 
-    def __init__(self, snapshot: Callable[[], dict]):
+    def __init__(self, snapshot: Callable[[], dict], commits: Callable[[], int]):
         self._snapshot = snapshot
+        self._commits = commits
 
     def describe(self):
         return []
 
     def collect(self):
         s = self._snapshot()
+        yield CounterMetricFamily(P + "push_commits", "Store transactions that committed pushes "
+                                  "(batches stored / commits = group-commit size)",
+                                  value=self._commits())
         yield GaugeMetricFamily(P + "head_seq", "Highest hub sequence handed out", value=s["head"])
         yield GaugeMetricFamily(P + "epoch_restore_point_seq",
                                 "Hub sequence the current hub epoch started from",

@@ -103,6 +103,7 @@ class SqliteHubStore:
         self._rlock = threading.Lock()
         self._lock_fd: int | None = None
         self._epoch_cache: list[EpochInfo] | None = None
+        self._wm_fd: int | None = None
 
     # ---- opening ---------------------------------------------------------------------
 
@@ -170,13 +171,15 @@ class SqliteHubStore:
     def _write_watermark(self) -> None:
         """Record (epoch, head) beside the database, after each commit.
 
-        Not fsynced: a stale (lower) watermark only weakens detection, it can never make a
-        healthy store look restored, because it is written after the commit it describes.
+        Overwritten in place at a fixed width (no rename, no truncate: on ext4 either would
+        force a data flush and cost as much as the commit itself), and not fsynced.  A
+        stale (lower) watermark only weakens detection; it can never make a healthy store
+        look restored, because it is written after the commit it describes.
         """
-        p = watermark_path(self.path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(f"{self.current_epoch().epoch} {self.head()}\n")
-        os.replace(tmp, p)
+        if self._wm_fd is None:
+            self._wm_fd = os.open(watermark_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+        os.pwrite(self._wm_fd, f"{self.current_epoch().epoch:020d} {self.head():020d}\n"
+                  .encode(), 0)
 
     def close(self) -> None:
         with self._rlock:
@@ -184,6 +187,9 @@ class SqliteHubStore:
                 r.close()
             self._readers.clear()
         self._w.close()
+        if self._wm_fd is not None:
+            os.close(self._wm_fd)
+            self._wm_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -28,6 +28,7 @@ class Writer:
     def __init__(self, store: HubStore):
         self._store = store
         self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self.commits = 0  # push transactions committed; batches stored / commits = group size
         self._thread = threading.Thread(target=self._run, name="hub-writer", daemon=True)
         self._thread.start()
 
@@ -71,6 +72,7 @@ class Writer:
             if pushes:
                 try:
                     results = self._store.push_many([g[1] for g in pushes])
+                    self.commits += 1
                 except Exception as e:  # the whole group failed: every pusher hears why
                     log.exception("storing %d batches failed", len(pushes))
                     results = [e] * len(pushes)

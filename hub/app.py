@@ -61,6 +61,8 @@ READ_CHUNK = 64 * 1024
 DRAIN_FACTOR = 4  # an oversized body is read and dropped up to this many times the limit,
 # so the client sees the TOO_LARGE reply instead of a reset connection
 READER_THREADS = 4  # store reads (pulls, status) run here, beside the writer thread
+BODY_TIMEOUT_S = 300.0  # s; a request body must arrive within this (16 MiB at ~0.5 Mbit/s),
+# so a stalled or deliberately slow client cannot hold a concurrency slot for ever
 UNLIMITED_PATHS = frozenset({"/metrics", "/healthz"})  # monitoring works when the hub is busy
 
 
@@ -97,6 +99,14 @@ class Hub:
         ev.set()
 
     async def read_body(self, request: web.Request) -> bytes:
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                return await self._read_body(request)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s") from None
+
+    async def _read_body(self, request: web.Request) -> bytes:
         limit = self.lim.max_body_bytes
         declared = request.content_length
         data = bytearray()
@@ -331,6 +341,13 @@ def error_reply(e: ProtocolError) -> web.Response:
 HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 
+class RequestTimeout(Exception):
+    """The body did not arrive in time: the client's or the network's fault, not a protocol one."""
+
+    code = "REQUEST_TIMEOUT"
+    http_status = 408
+
+
 def _endpoint(request: web.Request) -> str:
     route = request.match_info.route.resource
     return route.canonical if route is not None else "other"
@@ -367,13 +384,22 @@ def build_app(cfg: HubConfig, store: HubStore) -> web.Application:
             return reply(ErrorReply(code=code, message=f"{request.method} {request.path}: "
                                     f"{e.reason}", hint="see docs/reference/hub.md for the "
                                     "endpoints", action="stop"), status=e.status)
+        except RequestTimeout as e:
+            hub.metrics.refused.labels(e.code).inc()
+            return reply(ErrorReply(code=e.code, message=str(e), hint="check the network "
+                                    "between node and hub; retry", action="retry"),
+                         status=e.http_status)
+        except ConnectionResetError:
+            # The client went away mid-request: nobody to answer, nothing was stored.
+            hub.metrics.disconnects.inc()
+            return web.Response(status=400)
         except apsw.FullError:
             hub.metrics.api_errors.labels(endpoint).inc()
             log.error("the hub's disk is full; refusing %s", request.path)
             return reply(ErrorReply(code="STORAGE_FULL", message="the hub's disk is full",
                                     hint="free space on the hub, then retry", action="retry"),
                          status=507)
-        except (asyncio.CancelledError, ConnectionResetError):
+        except asyncio.CancelledError:
             raise
         except Exception:
             hub.metrics.api_errors.labels(endpoint).inc()

@@ -44,6 +44,9 @@ class HubMetrics:
         self.failed_deliveries = Counter(P + "failed_deliveries",
                                          "Pull requests of a known node that got no batches "
                                          "because of an error", ["node"], registry=r)
+        self.disconnects = Counter(P + "client_disconnects",
+                                   "Requests whose client went away before the body arrived",
+                                   registry=r)
         self.inflight = Gauge(P + "inflight_requests", "Requests being handled now", registry=r)
         self.long_polls = Gauge(P + "long_polls", "Pull requests waiting for new batches",
                                 registry=r)

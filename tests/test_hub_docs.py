@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from prometheus_client import generate_latest
-from riversync.hub.app import HTTP_CODES, ROUTES
+from riversync.hub.app import HTTP_CODES, ROUTES, RequestTimeout
 from riversync.hub.metrics import HubMetrics
 from riversync.protocol.errors import ALL_ERRORS
 
@@ -44,7 +44,7 @@ def test_every_route_and_error_code_is_documented():
         assert re.search(rf"\| {method} \| `{re.escape(path)}` \|", HUB), (method, path)
     for err in ALL_ERRORS:
         assert f"`{err.code}`" in HUB
-    for code in [*HTTP_CODES.values(), "STORAGE_FULL", "INTERNAL"]:
+    for code in [*HTTP_CODES.values(), RequestTimeout.code, "STORAGE_FULL", "INTERNAL"]:
         assert f"`{code}`" in HUB
 
 

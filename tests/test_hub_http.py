@@ -8,6 +8,7 @@ Spec rules cited: H-PUSH-1, H-PULL-1, H-PULL-2, H-HTTP-1, P-REQ-1..3, P-SIG-*, P
 from __future__ import annotations
 
 import os
+import socket
 import threading
 
 import pytest
@@ -34,12 +35,14 @@ pytestmark = pytest.mark.slow
 
 BODY_LIMIT = 256 * 1024  # small, so the oversized test sends little
 LONG_POLLS = 6
+CONCURRENCY = 8
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> TestCluster:
     return TestCluster.create(tmp_path_factory.mktemp("hubhttp") / "c", ["north", "south", "east"],
-                              max_body_bytes=BODY_LIMIT, max_long_polls=LONG_POLLS)
+                              max_body_bytes=BODY_LIMIT, max_long_polls=LONG_POLLS,
+                              max_concurrent_requests=CONCURRENCY)
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +316,43 @@ def test_long_poll_wakes_on_a_new_batch_and_busy_beyond_the_limit(hub, cluster, 
     for t in threads:
         t.join(40)
     assert all(res is not None and res.batches == [b] for res in results), results
+
+
+def test_busy_when_every_slot_is_taken_and_disconnects_change_nothing(hub, cluster, db):
+    """Slow uploads hold every slot: one more request is BUSY; when they hang up, the hub
+    serves again and nothing was stored."""
+    host, port = hub.url.removeprefix("http://").split(":")
+    before = store_snapshot(db)
+    slow = []
+    try:
+        for _ in range(CONCURRENCY):
+            s = socket.create_connection((host, int(port)), timeout=10)
+            s.sendall(b"POST /v1/push HTTP/1.1\r\nHost: hub\r\nContent-Length: 5000\r\n\r\n"
+                      + b"\x85" * 100)
+            slow.append(s)
+        for _ in range(400):  # bounded: until the hub is working on all of them
+            if f"riversync_hub_inflight_requests {float(CONCURRENCY + 1)}".encode() in \
+                    hub.get("/metrics")[2]:
+                break
+            threading.Event().wait(0.05)
+        else:
+            pytest.fail("the slow uploads never all reached the hub")
+        assert hub.get("/healthz")[0] == 200  # monitoring is never refused
+        refused(hub, db, "/v1/hello", cluster.origin("south").request("hello"), "BUSY", 503)
+    finally:
+        for s in slow:
+            s.close()
+    for _ in range(400):
+        status, data = hub.post("/v1/hello", cluster.origin("south").request("hello"))
+        if status == 200:
+            break
+        threading.Event().wait(0.05)
+    assert status == 200
+    assert store_snapshot(db) == before
+    gone = f"riversync_hub_client_disconnects_total {float(CONCURRENCY)}".encode()
+    for _ in range(400):
+        if gone in hub.get("/metrics")[2]:
+            break
+        threading.Event().wait(0.05)
+    else:
+        pytest.fail("the hub did not count the hung-up uploads as disconnects")

@@ -159,6 +159,8 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
             role = ROLE_OF.get(getattr(request.match_info, "handler", None))
             if role is not None:
                 caller.require(role, f"{request.method} {request.path}")
+            if ctx.maintenance and path not in ("/v1/status", "/metrics"):
+                raise E.Unavailable(f"the node is busy: {ctx.maintenance}")
         return await handler(request)
     except E.ApiError as e:
         return json_response(e.to_json(), status=e.status)

@@ -117,6 +117,7 @@ def make_backup(store, backup_dir: Path, node_id: str, retention: Retention,
             "size": tmp.stat().st_size,
             "sha256": sha256_file(tmp),
             "state": digest.get("state"),
+            "tables": digest.get("tables"),
             "events": digest.get("events"),
         }
         os.replace(tmp, final)

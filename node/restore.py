@@ -53,11 +53,10 @@ def hub_last_seq(cfg: NodeConfig, epoch: int, hub_url: str) -> int | None:
 
 def acked_in_store(store) -> int:
     """What the backup itself records as acknowledged by the hub for its epoch."""
-    stats = store.stats()
-    for key in ("acked_seq", "acked"):
-        if key in stats:
-            return int(stats[key])
-    return int(stats.get("last_seq", 0)) - int(stats.get("outbox", 0))
+    pending = store.outbox(limit=1)
+    if pending and pending[0].epoch == store.epoch:
+        return pending[0].seq - 1
+    return int(store.digests()["events"].get(f"{store.node_id}/{store.epoch}", 0))
 
 
 def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str) -> dict:
@@ -66,6 +65,7 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str) -> 
 
     moved = restore_file(backup, cfg.db_path)
     store = open_store(cfg, schema)
+    restored = store.digests()  # what the backup holds, before anything else touches it
     old_epoch = store.epoch
     held = hub_last_seq(cfg, old_epoch, hub_url)
     source = "hub"
@@ -85,5 +85,6 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str) -> 
         "new_epoch": epoch,
         "hub_last_seq": held,
         "hub_last_seq_from": source,
-        "state": store.digests().get("state"),
+        "restored_tables": restored["tables"],
+        "restored_events": restored["events"],
     }

@@ -1,0 +1,213 @@
+"""The replication agent against a real hub process.
+
+C16: a lost acknowledgement must not cause a fork: the exact signed bytes are persisted
+before the first send and resent unchanged, also after a crash.  C14: a pulled reply
+that does not verify changes nothing and stops replication.  A hub restored from an older
+backup gets back what it lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from riversync.config import load_node_config
+from riversync.engine.schema import load_schema
+from riversync.engine.store import LocalChange, Store
+from riversync.node.agent import META_PENDING, Agent, AgentSettings, SyncStopped
+from riversync.node.db import DbThread
+from riversync.node.health import NodeMetrics
+from riversync.node.localcluster import LocalCluster
+from riversync.node.transport import HubClient, HubUnreachable
+from riversync.protocol.keys import NodeEntry
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "examples" / "leagues" / "schema.toml"
+RIVERSYNC = Path(sys.executable).parent / "riversync"
+WAIT = 30.0
+
+
+class LosesAcks(HubClient):
+    """The network drops the hub's answer to the next ``lose`` pushes (after the hub stored them)."""
+
+    def __init__(self, url: str, lose: int):
+        super().__init__(url)
+        self.lose = lose
+        self.sent: list[bytes] = []
+
+    async def push(self, signed: bytes):
+        self.sent.append(signed)
+        reply = await super().push(signed)
+        if self.lose:
+            self.lose -= 1
+            raise HubUnreachable("the acknowledgement was lost on the way back")
+        return reply
+
+
+@pytest.fixture
+def hub_only(tmp_path):
+    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA).create()
+    try:
+        c.start("hub")
+        yield c
+    finally:
+        c.stop_all()
+
+
+class Node:
+    """An in-process node's store and agent, as the daemon wires them."""
+
+    def __init__(self, c: LocalCluster, office: str, hub: HubClient | None = None,
+                 roster=None, epoch: int = 11):
+        self.cfg = load_node_config(c.node_configs[office])
+        self.roster = roster or self.cfg.roster
+        self.db = DbThread()
+        self.hub = hub or HubClient(self.cfg.hub_url)
+        self.epoch = epoch
+        self.store = None
+        self.agent = None
+
+    async def open(self) -> Node:
+        self.store = await self.db.run(Store.open, str(self.cfg.db_path), load_schema(SCHEMA),
+                                       self.roster, self.cfg.node_id, epoch=self.epoch)
+        settings = AgentSettings(cluster_id=self.roster.cluster_id, node_id=self.cfg.node_id,
+                                 sync_interval_s=1, realtime=False)
+        self.agent = Agent(settings, self.store, self.db, self.cfg.signing_key(), self.roster,
+                           self.hub, NodeMetrics())
+        return self
+
+    async def write(self, *pks: str) -> None:
+        changes = [LocalChange(kind="create", table="players", pk=pk,
+                               values={"full_name": pk}) for pk in pks]
+        await self.db.run(self.store.commit_local, changes, user=f"{self.cfg.office}-clerk",
+                          now_ms=int(__import__("time").time() * 1000))
+
+    async def close(self) -> None:
+        await self.hub.close()
+        await self.db.run(self.store.close)
+        self.db.shutdown()
+
+
+def test_c16_lost_ack_resends_the_same_bytes_and_never_forks(hub_only):
+    async def main():
+        lossy = LosesAcks(load_node_config(hub_only.node_configs["north"]).hub_url, lose=1)
+        north = await Node(hub_only, "north", hub=lossy).open()
+        await north.write("P-1", "P-2", "P-3")
+        await north.agent.hello()
+        with pytest.raises(HubUnreachable):
+            await north.agent.push_all()
+        first = lossy.sent[0]
+        assert bytes.fromhex(await north.db.run(north.store.meta_get, META_PENDING)) == first
+        assert await north.db.run(north.store.outbox_size) == 3
+        await north.close()  # the node "crashes" before it learns of the ack
+
+        again = LosesAcks(lossy.base_url, lose=0)
+        north = await Node(hub_only, "north", hub=again).open()
+        await north.write("P-4")  # a new write must not slip into the batch in flight
+        pushed = await north.agent.push_all()  # no hello: the hub sees a duplicate
+        assert again.sent[0] == first
+        assert pushed == 4
+        assert await north.db.run(north.store.outbox_size) == 0
+        assert not await north.db.run(north.store.meta_get, META_PENDING)
+        reply = await north.agent.hello()
+        held = {o.epoch: o for o in reply.origins}[north.store.epoch]
+        assert (held.batches, held.last_seq) == (2, 4)  # one batch of 3, one of 1: no fork
+        assert north.agent.state != "stopped"
+        await north.close()
+
+    asyncio.run(asyncio.wait_for(main(), WAIT))
+
+
+def test_c16_ack_lost_then_hello_completes_it_without_resending(hub_only):
+    async def main():
+        lossy = LosesAcks(load_node_config(hub_only.node_configs["north"]).hub_url, lose=1)
+        north = await Node(hub_only, "north", hub=lossy).open()
+        await north.write("P-1")
+        await north.agent.hello()
+        with pytest.raises(HubUnreachable):
+            await north.agent.push_all()
+        await north.agent.hello()  # the hub holds batch 1 with these very bytes: acked
+        assert await north.db.run(north.store.outbox_size) == 0
+        assert await north.agent.push_all() == 0
+        assert len(lossy.sent) == 1
+        await north.close()
+
+    asyncio.run(asyncio.wait_for(main(), WAIT))
+
+
+def test_c14_a_batch_that_does_not_verify_changes_nothing_and_stops(hub_only):
+    async def main():
+        south = await Node(hub_only, "south").open()
+        await south.write("S-1", "S-2")
+        await south.agent.sync_now()
+        await south.close()
+        # north's roster holds another key for south: south's batch cannot be trusted
+        cfg = load_node_config(hub_only.node_configs["north"])
+        nodes = dict(cfg.roster.nodes)
+        nodes["south"] = NodeEntry("south", "south", os.urandom(32))
+        north = await Node(hub_only, "north", roster=replace(cfg.roster, nodes=nodes)).open()
+        before = await north.db.run(north.store.digests)
+        with pytest.raises(SyncStopped) as e:
+            await north.agent.sync_now()
+        # the key id in the envelope is not the one north's roster has for south
+        assert e.value.code == "UNKNOWN_NODE"
+        assert north.agent.state == "stopped"
+        assert north.agent.error["code"] == "UNKNOWN_NODE" and north.agent.error["hint"]
+        assert await north.db.run(north.store.digests) == before
+        assert await north.db.run(north.store.get_cursor, "hub") is None
+        assert await north.db.run(north.store.get_row, "players", "S-1") is None
+        await north.close()
+
+    asyncio.run(asyncio.wait_for(main(), WAIT))
+
+
+def test_hub_restored_from_an_older_backup_gets_back_what_it_lost(tmp_path):
+    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
+                     realtime=True).create()
+    try:
+        c.start_all()
+        north = c.client("north", "north-clerk")
+        for i in range(3):
+            north.post("/v1/tables/players/rows", {"pk": f"B-{i}", "values": {"full_name": "b"}})
+        c.wait_for("convergence", c.converged, WAIT)
+        backup = tmp_path / "hub-backup.db"
+        subprocess.run([str(RIVERSYNC), "hub", "backup", "-c", str(c.hub_config), str(backup)],
+                       check=True, capture_output=True, timeout=WAIT)
+        for i in range(4):
+            north.post("/v1/tables/players/rows", {"pk": f"A-{i}", "values": {"full_name": "a"}})
+        c.wait_for("convergence", c.converged, WAIT)
+        epoch_before = json.loads(urllib.request.urlopen(c.hub_url + "/v1/status",
+                                                         timeout=WAIT).read())["hub_epoch"]
+        c.stop("hub")
+        subprocess.run([str(RIVERSYNC), "hub", "restore", "-c", str(c.hub_config), str(backup)],
+                       check=True, capture_output=True, timeout=WAIT)
+        c.start("hub")
+        south = c.client("south", "south-clerk")
+        south.post("/v1/tables/players/rows", {"pk": "S-0", "values": {"full_name": "s"}})
+
+        def hub_has_all() -> bool:
+            st = c.status("north")
+            return st["outbox"] == 0 and st["agent"]["hub_head"] is not None
+
+        c.wait_for("north to re-push", hub_has_all, WAIT)
+        c.wait_for("convergence", c.converged, WAIT)
+        hub = json.loads(urllib.request.urlopen(c.hub_url + "/v1/status", timeout=WAIT).read())
+        assert hub["hub_epoch"] != epoch_before and len(hub["epochs"]) == 2
+        assert hub["events_held"] == 3 + 4 + 1  # the 4 events the backup lacked came back
+        rows = {r["player_id"] for r in
+                c.client("south").get("/v1/tables/players/rows?limit=100")["rows"]}
+        assert {"B-0", "A-3", "S-0"} <= rows
+        for o in ("north", "south"):
+            assert c.status(o)["agent"]["state"] == "running"
+    finally:
+        c.stop_all()

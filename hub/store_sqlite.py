@@ -22,6 +22,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -81,6 +82,20 @@ def _connect(path: Path) -> apsw.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     return conn
+
+
+@contextlib.contextmanager
+def _txn(conn: apsw.Connection):
+    """One write transaction.  Unlike ``with conn``, this survives SQLite having already
+    rolled back by itself (it does on SQLITE_FULL), so the caller sees the real error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if not conn.getautocommit():
+            conn.execute("ROLLBACK")
+        raise
 
 
 def watermark_path(db_path: Path) -> Path:
@@ -280,7 +295,7 @@ class SqliteHubStore:
         results: list[PushResult | ProtocolError] = []
         conn = self._w
         with self._wlock:
-            with conn:
+            with _txn(conn):
                 for item in items:
                     try:
                         results.append(self._push_one(conn, item))
@@ -324,7 +339,7 @@ class SqliteHubStore:
         return PushResult(status="stored", hub_seq=seq, events=n_events)
 
     def set_cursors(self, updates: list[CursorInfo]) -> None:
-        with self._wlock, self._w:
+        with self._wlock, _txn(self._w):
             self._w.executemany(
                 "INSERT INTO hub_cursors(node, hub_epoch, cursor, updated_ms) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(node) DO UPDATE SET hub_epoch = excluded.hub_epoch, "
@@ -337,7 +352,7 @@ class SqliteHubStore:
         return {n: int(ms) for n, ms in rows}
 
     def prune_delivered(self, nodes: list[str]) -> PruneResult:
-        with self._wlock, self._w:
+        with self._wlock, _txn(self._w):
             epoch = self.current_epoch().epoch
             upto = None
             for node in nodes:

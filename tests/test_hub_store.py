@@ -101,3 +101,20 @@ def test_nonce_book():
         book.use("north", b"z" * 16, ts_ms=0, now_ms=10)
     book.use("north", b"z" * 16, ts_ms=5000, now_ms=5000)  # the old ones expired
     assert len(book) == 1
+
+
+def test_a_full_disk_stores_nothing_of_the_group(store, cluster):
+    """The whole group fails together and the store is as before (the hub answers 507)."""
+    import apsw
+
+    south = cluster.origin("south")
+    store.push_many([item(south.batch(1))])
+    pages = store._w.execute("PRAGMA page_count").fetchone()[0]
+    store._w.execute(f"PRAGMA max_page_count={pages + 2}")
+    group = [item(south.batch(1)), item(south.batch(2000))]
+    with pytest.raises(apsw.FullError):
+        store.push_many(group)
+    assert store.head() == 1 and store.totals() == (1, 1)
+    assert [o.batches for o in store.origins_of("south")] == [1]
+    store._w.execute("PRAGMA max_page_count=1073741823")
+    assert [r.status for r in store.push_many(group)] == ["stored", "stored"]

@@ -15,11 +15,10 @@ import asyncio
 import os
 from pathlib import Path
 
+from riversync.config import NodeConfig
 from riversync.protocol.codec import sign
 from riversync.protocol.messages import Hello
 from riversync.protocol.version import VERSION
-
-from riversync.config import NodeConfig
 
 from .agent import META_CHAIN, META_PENDING, now_ms
 from .backup import restore_file

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import aiohttp
 import msgspec
+
 from riversync.protocol import codec
 from riversync.protocol.errors import ProtocolError, from_wire
 from riversync.protocol.messages import ErrorReply, HelloReply, PullReply, PushReply

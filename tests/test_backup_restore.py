@@ -11,13 +11,13 @@ from pathlib import Path
 
 import apsw
 import pytest
+
+from riversync import cluster as cluster_mod
+from riversync.config import load_roster
 from riversync.engine.schema import load_schema
 from riversync.engine.store import LocalChange, Store
 from riversync.node import backup as backups
 from riversync.node.localcluster import LocalCluster
-
-from riversync import cluster as cluster_mod
-from riversync.config import load_roster
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "examples" / "leagues" / "schema.toml"

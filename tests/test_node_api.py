@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from riversync.node.errors import ALL_API_ERRORS
 from riversync.node.localcluster import LocalCluster
 

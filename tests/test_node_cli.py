@@ -38,9 +38,8 @@ def test_every_node_command_and_option_is_in_the_cli_reference():
 
 
 def test_status_of_a_node_that_does_not_answer_is_critical(tmp_path):
-    from riversync.node.localcluster import free_port, update_toml
-
     from riversync import cluster
+    from riversync.node.localcluster import free_port, update_toml
 
     files = cluster.init_cluster(tmp_path / "c", ["north"])
     update_toml(files.node_configs["north"], listen_port=free_port())

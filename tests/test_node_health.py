@@ -6,6 +6,7 @@ import random
 
 import pytest
 from prometheus_client import generate_latest
+
 from riversync.node.agent import backoff_delay
 from riversync.node.auth import Caller, authenticate, token_sha256
 from riversync.node.errors import Forbidden, Unauthenticated

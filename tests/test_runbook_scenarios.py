@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from riversync.node.client import NodeRefused
 from riversync.node.localcluster import LocalCluster
 

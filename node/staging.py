@@ -448,6 +448,60 @@ def check_live(rules: TableRules, row: StagedRow, live: LiveView) -> None:
                 row.error(col.name, f"{col.name} {v} is already used by {holder}")
 
 
+LIVE_CHUNK = 500  # keys looked up per query when checking many rows against live data
+
+
+class _Prefetched:
+    """A LiveView answering from bulk lookups made for a chunk of rows.
+
+    Checking rows one by one costs two queries per row; this asks once per chunk for the
+    owners of every key and referenced key and the holders of every unique value, and
+    falls back to the live view for anything it did not prefetch.
+    """
+
+    def __init__(self, live: LiveView, rules: TableRules, rows: list[StagedRow]):
+        self.live = live
+        self.office = live.office
+        self.owners: dict[tuple[str, str], str | None] = {}
+        self.holders: dict[tuple[str, Any], str | None] = {}
+        wanted: dict[str, set[str]] = {rules.name: {r.key for r in rows if r.key is not None}}
+        for col in rules.columns:
+            if col.references:
+                vals = {str(r.values[col.name]) for r in rows
+                        if r.values.get(col.name) is not None}
+                wanted.setdefault(col.references, set()).update(vals)
+        for table, keys in wanted.items():
+            found = live.owners_many(table, sorted(keys))
+            for k in keys:
+                self.owners[(table, k)] = found.get(k)
+        for col in rules.columns:
+            if col.unique:
+                vals = {r.values[col.name] for r in rows if r.values.get(col.name) is not None}
+                found = live.holders_many(rules.name, col.name, sorted(vals, key=repr))
+                for v in vals:
+                    self.holders[(col.name, v)] = found.get(v)
+
+    def owner_of(self, table: str, key: str) -> str | None:
+        try:
+            return self.owners[(table, key)]
+        except KeyError:
+            return self.live.owner_of(table, key)
+
+    def holder_of(self, table: str, column: str, value: Any) -> str | None:
+        try:
+            return self.holders[(column, value)]
+        except KeyError:
+            return self.live.holder_of(table, column, value)
+
+
+def check_live_many(rules: TableRules, rows: list[StagedRow], live: LiveView) -> None:
+    """``check_live`` for many rows, with bulk lookups when the live view offers them."""
+    if hasattr(live, "owners_many") and hasattr(live, "holders_many") and len(rows) > 1:
+        live = _Prefetched(live, rules, rows)
+    for row in rows:
+        check_live(rules, row, live)
+
+
 def rules_from_schema(schema, table: str, extra: dict | None = None) -> TableRules:
     """Staging rules for one table of an engine Schema, plus the import-only options.
 
@@ -558,8 +612,13 @@ FLAG_EXPORT_REIMPORT = "export_reimport"
 _INSERT_CHUNK = 2000
 
 
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _j(v: Any) -> str:
-    return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    if not v and isinstance(v, list):
+        return "[]"
+    return _dumps(v)
 
 
 @dataclass
@@ -800,15 +859,15 @@ class Staging:
             raise ConfirmationRequired(
                 f"batch {batch_id} ({b.source}) was read from a riversync export; applying it "
                 "would write a snapshot back over newer data")
-        staged = [StagedRow(r["row"], r["values"], key=r["key"])
-                  for r in self.rows(batch_id, status="valid") if not r["excluded"]]
+        loads = json.loads
+        staged = [StagedRow(no, loads(vals), key=key) for no, key, vals in self.conn.execute(
+            "SELECT row_no, key, vals FROM staging_rows WHERE batch_id=? AND status='valid'"
+            " AND excluded=0 ORDER BY row_no", (batch_id,))]
         if not staged:
             raise NothingToApply(f"batch {batch_id} has no included valid rows")
-        bad: list[StagedRow] = []
-        for row in staged:
-            check_live(rules, row, live)
-            if not row.valid:
-                bad.append(row)
+        for i in range(0, len(staged), LIVE_CHUNK):
+            check_live_many(rules, staged[i:i + LIVE_CHUNK], live)
+        bad = [row for row in staged if not row.valid]
         if bad:
             with transaction(self.conn):
                 for row in bad:
@@ -910,6 +969,40 @@ class StoreLive:
                 return msgspec.msgpack.decode(transfers)[-1][3]
             return owner0
         return None
+
+    def owners_many(self, table: str, keys: list[str]) -> dict[str, str | None]:
+        """Owners of the live rows among ``keys`` (absent keys are not live)."""
+        t = self.schema.table(table)
+        if t is None or not keys:
+            return {}
+        if t.parent_table or getattr(self.store, "owner_of", None) is not None:
+            return {k: self.owner_of(table, k) for k in keys}
+        import msgspec
+
+        out: dict[str, str | None] = {}
+        for i in range(0, len(keys), LIVE_CHUNK):
+            part = keys[i:i + LIVE_CHUNK]
+            marks = ",".join("?" * len(part))
+            for pk, live, owner0, transfers in self.conn.execute(
+                    "SELECT pk, live, owner0, transfers FROM _rs_rows WHERE tbl=? AND pk IN"
+                    f" ({marks})", (table, *part)):
+                if live:
+                    out[pk] = msgspec.msgpack.decode(transfers)[-1][3] if transfers else owner0
+        return out
+
+    def holders_many(self, table: str, column: str, values: list) -> dict:
+        t = self.schema.table(table)
+        if t is None or column not in t.columns or not values:
+            return {}
+        out: dict = {}
+        for i in range(0, len(values), LIVE_CHUNK):
+            part = values[i:i + LIVE_CHUNK]
+            marks = ",".join("?" * len(part))
+            for v, pk in self.conn.execute(
+                    f'SELECT "{column}", "{t.primary_key}" FROM "{t.name}" WHERE "{column}" IN'
+                    f" ({marks})", tuple(part)):
+                out.setdefault(v, pk)
+        return out
 
     def holder_of(self, table: str, column: str, value: Any) -> str | None:
         t = self.schema.table(table)

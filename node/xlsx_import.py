@@ -41,6 +41,7 @@ from openpyxl.utils.cell import range_boundaries
 
 from .staging import (
     FLAG_EXPORT_REIMPORT,
+    LIVE_CHUNK,
     FileChecks,
     LiveView,
     ProgressFn,
@@ -48,7 +49,7 @@ from .staging import (
     Staging,
     StagingError,
     TableRules,
-    check_live,
+    check_live_many,
     check_row,
 )
 
@@ -446,6 +447,7 @@ def _stage_rows(rows_iter, header_row: int, colmap: dict[int, str], scan: SheetS
                     anchor_of[(r, c)] = (min_row, min_col, ref)
     anchor_cells = {(m[1], m[0]) for m in merges}
     blank_run = 0
+    pending: list[StagedRow] = []
     for row_no, values in enumerate(rows_iter, start=header_row + 1):
         stats["read"] += 1
         if progress and stats["read"] % PROGRESS_EVERY == 0:
@@ -481,8 +483,20 @@ def _stage_rows(rows_iter, header_row: int, colmap: dict[int, str], scan: SheetS
             raw[col] = v
         check_row(rules, raw, row, epoch=epoch)
         checks.check(row)
-        if row.key is not None and not any(e["column"] == rules.key for e in row.errors):
-            check_live(rules, row, live)
+        pending.append(row)
+        if len(pending) >= LIVE_CHUNK:
+            yield from _finish(rules, pending, live, stats, reasons)
+            pending = []
+    yield from _finish(rules, pending, live, stats, reasons)
+    if progress:
+        progress(stats["read"])
+
+
+def _finish(rules: TableRules, rows: list[StagedRow], live: LiveView, stats, reasons):
+    """Check a chunk of rows against live data (bulk lookups) and count the outcome."""
+    check_live_many(rules, [r for r in rows if r.key is not None and not any(
+        e["column"] == rules.key for e in r.errors)], live)
+    for row in rows:
         stats["staged"] += 1
         if row.valid:
             stats["valid"] += 1
@@ -490,9 +504,7 @@ def _stage_rows(rows_iter, header_row: int, colmap: dict[int, str], scan: SheetS
             stats["invalid"] += 1
             for e in row.errors:
                 reasons[_reason_key(e["column"], e["message"])] += 1
-        yield row
-    if progress:
-        progress(stats["read"])
+    return rows
 
 
 __all__ = [

@@ -29,6 +29,7 @@ import apsw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from hubproc import HubProcess, TestCluster  # noqa: E402
+
 from riversync.protocol import codec  # noqa: E402
 from riversync.protocol.messages import ErrorReply, PullReply, PushReply  # noqa: E402
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import apsw
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from riversync.config import HubConfig
 from riversync.protocol import codec
 from riversync.protocol import version as pversion
 from riversync.protocol.errors import (
@@ -45,8 +46,6 @@ from riversync.protocol.messages import (
     StatusReply,
     StatusRequest,
 )
-
-from riversync.config import HubConfig
 
 from . import epoch as epochs_mod
 from .metrics import HubMetrics
@@ -280,10 +279,7 @@ class Hub:
         batches, events = st.totals()
         cursors = st.cursors()
         pushes = st.last_pushes()
-        try:
-            free = shutil.disk_usage(st.path.parent).free  # type: ignore[attr-defined]
-        except (OSError, AttributeError):
-            free = 0
+        free = st.free_bytes()
         nodes = {}
         for node_id, entry in sorted(self.roster.nodes.items()):
             c = cursors.get(node_id)

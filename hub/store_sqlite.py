@@ -30,6 +30,7 @@ import threading
 from pathlib import Path
 
 import apsw
+
 from riversync.protocol import chain
 from riversync.protocol.errors import ProtocolError
 from riversync.protocol.messages import OriginState
@@ -288,6 +289,12 @@ class SqliteHubStore:
             except OSError:
                 pass
         return total
+
+    def free_bytes(self) -> int:
+        try:
+            return shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return 0
 
     # ---- writing ---------------------------------------------------------------------
 

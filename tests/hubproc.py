@@ -36,12 +36,12 @@ from pathlib import Path
 
 import msgspec
 import tomli_w
-from riversync.protocol import codec, messages
-from riversync.protocol.keys import Roster, SigningKey
-from riversync.protocol.version import VERSION
 
 from riversync import cluster as cluster_mod
 from riversync import config
+from riversync.protocol import codec, messages
+from riversync.protocol.keys import Roster, SigningKey
+from riversync.protocol.version import VERSION
 
 # The `riversync` command of this interpreter's environment.  (Not `python -m riversync.cli`:
 # run as __main__, that module's CommandError is another class than the commands raise.)

@@ -15,6 +15,7 @@ import subprocess
 
 import pytest
 from hubproc import RIVERSYNC, HubProcess, TestCluster, decode_reply, now_ms, store_snapshot
+
 from riversync.protocol import codec
 from riversync.protocol.messages import Batch, Envelope, ErrorReply, PullReply, PushReply
 

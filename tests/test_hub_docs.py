@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 from prometheus_client import generate_latest
-from riversync.hub.app import HTTP_CODES, ROUTES, RequestTimeout
-from riversync.hub.metrics import HubMetrics
-from riversync.protocol.errors import ALL_ERRORS
 
 from riversync import config
 from riversync.cli import build_parser
+from riversync.hub.app import HTTP_CODES, ROUTES, RequestTimeout
+from riversync.hub.metrics import HubMetrics
+from riversync.protocol.errors import ALL_ERRORS
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 HUB = (DOCS / "reference" / "hub.md").read_text()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from hubproc import RIVERSYNC, HubProcess, TestCluster, decode_reply
+
 from riversync.hub.epoch import start_for
 from riversync.hub.store import EpochInfo
 from riversync.protocol.messages import ErrorReply, HelloReply, PullReply, PushReply

@@ -11,6 +11,7 @@ import pytest
 from hubproc import HubProcess, TestCluster, decode_reply, store_snapshot
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
 from riversync.protocol.errors import BY_CODE
 from riversync.protocol.messages import ErrorReply
 

@@ -19,6 +19,7 @@ from hubproc import (
     now_ms,
     store_snapshot,
 )
+
 from riversync.protocol import codec, messages
 from riversync.protocol.keys import SigningKey
 from riversync.protocol.messages import (

@@ -14,6 +14,7 @@ import time
 
 import pytest
 from hubproc import HubProcess, TestCluster, decode_reply, store_snapshot
+
 from riversync.protocol import codec
 from riversync.protocol.messages import Batch, PushReply
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from hubproc import TestCluster, now_ms
+
 from riversync.hub.nonces import NonceBook
 from riversync.hub.store import CursorInfo, PushItem, PushResult
 from riversync.hub.store_sqlite import SqliteHubStore, StoreLockedError

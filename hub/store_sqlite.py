@@ -438,18 +438,22 @@ def restore_store(backup_path: Path | str, db_path: Path | str, note: str) -> in
         tmp = db_path.with_name(db_path.name + ".restoring")
         tmp.unlink(missing_ok=True)
         shutil.copyfile(backup_path, tmp)
-        conn = apsw.Connection(str(tmp))
         try:
-            conn.execute("PRAGMA journal_mode=DELETE")
-            n = conn.execute("SELECT count(*) FROM hub_epochs").fetchone()[0]
-            if not n:
-                raise apsw.SQLError(f"{backup_path} holds no hub epoch: not a hub database")
-            with conn:
-                conn.execute("INSERT OR REPLACE INTO hub_meta(key, value) VALUES (?, ?)",
-                             (RESTORE_MARKER, note))
-            head = _head(conn)
-        finally:
-            conn.close()
+            conn = apsw.Connection(str(tmp))
+            try:
+                conn.execute("PRAGMA journal_mode=DELETE")
+                n = conn.execute("SELECT count(*) FROM hub_epochs").fetchone()[0]
+                if not n:
+                    raise apsw.SQLError(f"{backup_path} holds no hub epoch: not a hub database")
+                with conn:
+                    conn.execute("INSERT OR REPLACE INTO hub_meta(key, value) VALUES (?, ?)",
+                                 (RESTORE_MARKER, note))
+                head = _head(conn)
+            finally:
+                conn.close()
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # nothing of a failed restore stays behind
+            raise
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         for suffix in ("-wal", "-shm"):

@@ -117,3 +117,19 @@ E = [EpochInfo(10, 0, 0, "new"), EpochInfo(20, 50, 0, "restored"), EpochInfo(30,
 )
 def test_start_for(hub_epoch, cursor, start):
     assert start_for(E, hub_epoch, cursor) == start
+
+
+def test_restore_refuses_a_file_that_is_not_a_hub_backup(tmp_path):
+    cluster = TestCluster.create(tmp_path / "c", ["north"])
+    with HubProcess(cluster.hub_config) as hub:
+        post(hub, "/v1/push", cluster.origin("north").batch(1), PushReply)
+    db = cluster.dir / "hub.db"
+    before = db.read_bytes()
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all" * 100)
+    out = cli("hub", "restore", "-c", str(cluster.hub_config), str(junk))
+    assert out.returncode == 2 and "not" in out.stderr and "Try:" in out.stderr
+    missing = cli("hub", "restore", "-c", str(cluster.hub_config), str(tmp_path / "nope.db"))
+    assert missing.returncode == 2
+    assert db.read_bytes() == before
+    assert not list(cluster.dir.glob("*.restoring"))

@@ -37,13 +37,15 @@ pytestmark = pytest.mark.slow
 BODY_LIMIT = 256 * 1024  # small, so the oversized test sends little
 LONG_POLLS = 6
 CONCURRENCY = 8
+MAX_EVENTS = 500
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> TestCluster:
     return TestCluster.create(tmp_path_factory.mktemp("hubhttp") / "c", ["north", "south", "east"],
                               max_body_bytes=BODY_LIMIT, max_long_polls=LONG_POLLS,
-                              max_concurrent_requests=CONCURRENCY)
+                              max_concurrent_requests=CONCURRENCY,
+                              max_events_per_batch=MAX_EVENTS)
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +243,14 @@ def test_oversized_valid_batch_is_refused(hub, cluster, db):
     big = south.batch(BODY_LIMIT // 40, advance=False)  # ~45 bytes an event
     assert len(big) > BODY_LIMIT
     refused(hub, db, "/v1/push", big, "TOO_LARGE", 413)
+
+
+def test_too_many_events_in_a_batch_are_refused(hub, cluster, db):
+    south = fresh_origin(cluster, "south")
+    err = refused(hub, db, "/v1/push", south.batch(MAX_EVENTS + 1, advance=False), "TOO_LARGE",
+                  413)
+    assert str(MAX_EVENTS) in err.message
+    assert push_ok(hub, south.batch(MAX_EVENTS)).status == "stored"
 
 
 def test_replayed_pull_is_refused(hub, cluster, db):

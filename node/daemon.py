@@ -267,6 +267,16 @@ def thresholds_from(cfg: NodeConfig) -> Thresholds:
                       warn_queue_events=a.warn_queued_events)
 
 
+def _staging_backlog(ctx: NodeContext, api_staging: Any):
+    """The staging backlog reader, counting the email drop folder's waiting files too."""
+    try:
+        from .staging import backlog
+    except ImportError:
+        return getattr(api_staging, "backlog", None)
+    email_dir = str(ctx.cfg.staging_email_dir)
+    return lambda store: backlog(store, email_dir=email_dir)
+
+
 def build_app(ctx: NodeContext) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_REQUEST_BYTES)
     app[CTX_KEY] = ctx
@@ -277,7 +287,22 @@ def build_app(ctx: NodeContext) -> web.Application:
         api_staging = None
     if api_staging is not None:
         api_staging.add_routes(app.router, lambda request: request.app[CTX_KEY])
-        ctx.staging_backlog = getattr(api_staging, "backlog", None)
+        ctx.staging_backlog = _staging_backlog(ctx, api_staging)
+        watcher = getattr(api_staging, "email_watcher", None)
+        if watcher is not None:
+            tasks: list[asyncio.Task] = []
+
+            async def start_watcher(app: web.Application) -> None:
+                tasks.append(asyncio.create_task(watcher(ctx), name="riversync-email"))
+
+            async def stop_watcher(app: web.Application) -> None:
+                for task in tasks:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+
+            app.on_startup.append(start_watcher)
+            app.on_cleanup.append(stop_watcher)
     return app
 
 

@@ -135,6 +135,9 @@ class NodeMetrics:
                             registry=r)
         self.staging_backlog = Gauge(p + "staging_backlog_items",
                                      "Staging work waiting (rows or files)", ["kind"], registry=r)
+        self.staging_oldest = Gauge(p + "staging_excel_oldest_age_seconds",
+                                    "Age of the oldest Excel batch waiting for review (0: none)",
+                                    registry=r)
         self.sync_errors = Counter(p + "sync_errors_total",
                                    "Failed hub exchanges by error code and action",
                                    ["code", "action"], registry=r)
@@ -160,8 +163,11 @@ class NodeMetrics:
         self.replay_failures_consecutive.set(snap.get("replay_failures_consecutive", 0))
         self.open_conflicts.set(snap.get("open_conflicts", 0))
         self.parked.set(snap.get("parked", 0))
-        for kind, n in (snap.get("staging") or {}).items():
-            if kind.endswith("_backlog") and isinstance(n, int | float):
-                self.staging_backlog.labels(kind=kind.removesuffix("_backlog")).set(n)
+        staging = snap.get("staging") or {}
+        for key, kind in (("email_backlog", "email"), ("xlsx_pending", "excel")):
+            if isinstance(staging.get(key), int | float):
+                self.staging_backlog.labels(kind=kind).set(staging[key])
+        oldest = staging.get("excel_oldest_age_s")
+        self.staging_oldest.set(oldest if isinstance(oldest, int | float) else 0)
         self.alert_level.set(EXIT_CODES[level])
         self.db_up.set(1 if snap.get("db_ok", True) else 0)

@@ -87,13 +87,16 @@ def test_thresholds_are_configurable():
 
 def test_metrics_are_prefixed_and_carry_units():
     m = NodeMetrics()
-    m.update(snap(outbox=7, open_conflicts=2, parked=1, staging={"email_backlog": 3}), WARNING)
+    m.update(snap(outbox=7, open_conflicts=2, parked=1, staging={"email_backlog": 3, "xlsx_pending": 2,
+                                                             "excel_oldest_age_s": 60.0}), WARNING)
     m.write_latency.labels(kind="local").observe(0.002)
     text = generate_latest(m.registry).decode()
     assert "riversync_node_outbound_queue_events 7.0" in text
     assert "riversync_node_open_conflicts 2.0" in text
     assert "riversync_node_parked_events 1.0" in text
     assert 'riversync_node_staging_backlog_items{kind="email"} 3.0' in text
+    assert 'riversync_node_staging_backlog_items{kind="excel"} 2.0' in text
+    assert "riversync_node_staging_excel_oldest_age_seconds 60.0" in text
     assert "riversync_node_alert_level 1.0" in text
     assert "riversync_node_sqlite_write_latency_seconds_bucket" in text
     names = [ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE")]

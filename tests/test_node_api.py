@@ -173,3 +173,15 @@ def test_every_api_error_code_is_documented():
     doc = (ROOT / "docs" / "reference" / "node-api.md").read_text()
     for cls in ALL_API_ERRORS:
         assert f"`{cls.code}`" in doc, cls.code
+
+
+def test_web_ui_is_served_without_a_token_and_reads_with_one(cluster):
+    import urllib.request
+
+    with urllib.request.urlopen(cluster.node_url("north") + "/", timeout=30) as resp:
+        html = resp.read().decode()
+    assert "<title>riversync node</title>" in html and "/static/app.js" in html
+    with urllib.request.urlopen(cluster.node_url("north") + "/static/app.js", timeout=30) as r:
+        js_text = r.read().decode()
+    for path in ("/v1/status", "/v1/conflicts", "/v1/staging", "/v1/tables/"):
+        assert path in js_text

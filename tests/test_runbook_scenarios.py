@@ -70,6 +70,13 @@ def status_cmd(c: LocalCluster, office: str) -> tuple[int, dict]:
     return p.returncode, json.loads(p.stdout)
 
 
+def verify(c: LocalCluster) -> tuple[int, dict]:
+    p = subprocess.run([sys.executable, "-m", "riversync.cli", "verify",
+                        "-c", str(c.node_configs["north"]), "-c", str(c.node_configs["south"]),
+                        "--json"], capture_output=True, text=True, timeout=WAIT)
+    return p.returncode, json.loads(p.stdout)
+
+
 def test_a_hub_outage_offices_keep_writing_then_drain_and_converge(cluster):
     c = cluster
     seed(c)
@@ -100,8 +107,13 @@ def test_b_office_outage_returning_office_pulls_what_it_missed(cluster):
     add_players(c, "north", "PN", 5)  # north carries on alone
     c.wait_for("north to drain", lambda: c.status("north")["outbox"] == 0, WAIT)
     before = c.digests("north")
+    code, out = verify(c)
+    assert code == 3 and list(out["unreachable"]) == ["south"]
     c.start("south")
     c.wait_for("south to catch up", c.converged, WAIT)
+    code, out = verify(c)
+    assert code == 0 and out["consistent"] and out["converged"]
+    assert len(out["groups"]) == 1 and out["groups"][0]["nodes"] == ["north", "south"]
     assert players(c, "south") == players(c, "north")
     assert c.digests("south")["state"] == before["state"]
     assert c.status("south")["inbound_lag"] == 0
@@ -156,6 +168,12 @@ def test_d_failed_replay_is_visible_resolved_by_command_and_replicates(cluster):
     listing = json.loads(p.stdout)["conflicts"]
     assert len(listing) == 1 and listing[0]["pk"] == "P-1" and listing[0]["cause"]
     cid = listing[0]["id"]
+    p = subprocess.run([sys.executable, "-m", "riversync.cli", "conflicts", "show", "-c", cfg,
+                        cid], capture_output=True, text=True, timeout=WAIT)
+    assert p.returncode == 0 and json.loads(p.stdout)["values"] == {"phone": "555-0001"}
+    # the conflict itself is part of the state both offices agree on
+    code, out = verify(c)
+    assert code == 0 and out["converged"]
     # the value did not take effect anywhere
     for o in ("north", "south"):
         assert c.client(o).get("/v1/tables/players/rows/P-1")["row"]["phone"] is None

@@ -195,7 +195,8 @@ def fold_row(
     ``known(table, pk)`` says whether a referenced row has a create; ``parent_owner_at``
     gives a parent row's owner at an order key (for parent-owned tables).
     """
-    evs = sorted(events, key=lambda e: e.order_key)
+    # seq breaks ties a misbehaving origin could create by reusing one HLC
+    evs = sorted(events, key=lambda e: (e.hlc, e.node, e.epoch, e.seq))
     verdicts: dict[EventId, Verdict] = {}
     active = []
     for ev in evs:
@@ -247,9 +248,11 @@ def fold_row(
     row_ids = {ev.event_id for ev in evs}
     values: dict | None = None
     created = False
+    seen: set[EventId] = set()  # judged before the current event, in order-key order
     for ev in active:
         kind = ev.kind
         eid = ev.event_id
+        seen.add(eid)
         if kind == TRANSFER:
             if pcol:
                 verdicts[eid] = Verdict(CONFLICT, FOLLOWS_PARENT)
@@ -261,7 +264,7 @@ def fold_row(
                 verdicts[eid] = Verdict(REJECTED, NOT_OWNER)
             elif target not in row_ids:
                 verdicts[eid] = Verdict(PARKED, CONFLICT_NOT_KNOWN, (table.name, pk))
-            elif target not in verdicts or verdicts[target].status != CONFLICT:
+            elif target not in seen or verdicts[target].status != CONFLICT:
                 verdicts[eid] = Verdict(REJECTED, NOT_A_CONFLICT)
             elif not parent_ok(table, ev.values, res.ppk):
                 verdicts[eid] = Verdict(REJECTED, FIXED_PARENT)

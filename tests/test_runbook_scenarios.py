@@ -194,3 +194,35 @@ def test_d_failed_replay_is_visible_resolved_by_command_and_replicates(cluster):
         assert c.client(o).get("/v1/tables/players/rows/P-1")["row"]["phone"] == "555-0001"
         closed = c.client(o).get("/v1/conflicts?all=true")["conflicts"]
         assert [x["status"] for x in closed] == ["closed"]
+
+
+def test_d_parked_event_is_visible_and_applies_once_the_schema_is_upgraded(tmp_path):
+    """South runs a newer schema (a venues table); north parks south's events until its
+    operator installs that schema, then applies them and the offices converge."""
+    v1 = SCHEMA.read_text()
+    v2 = tmp_path / "schema-v2.toml"
+    v2.write_text(v1.replace("version = 1", "version = 2", 1) + (
+        '\n[tables.venues]\nprimary_key = "venue_id"\nownership = "creator"\n'
+        '[tables.venues.columns]\nvenue_id = "text"\nname = { type = "text", required = true }\n'))
+    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
+                     realtime=True).create()
+    c.procs["south"].argv += ["--schema", str(v2)]
+    try:
+        c.start_all()
+        c.client("south", "south-clerk").post("/v1/tables/venues/rows",
+                                              {"pk": "V-1", "values": {"name": "Riverside Hall"}})
+        c.wait_for("north to park the venue", lambda: c.status("north")["parked"] == 1, WAIT)
+        listing = c.client("north").get("/v1/conflicts")
+        assert [(p["table"], p["pk"]) for p in listing["parked"]] == [("venues", "V-1")]
+        assert listing["parked"][0]["cause"]
+        assert metric(c.client("north").get("/metrics"), "riversync_node_parked_events") == 1
+        assert not c.converged()
+        c.stop("north")
+        (c.dir / "schema.toml").write_text(v2.read_text())  # the operator upgrades north
+        c.start("north")
+        c.wait_for("the parked event to apply", lambda: c.status("north")["parked"] == 0, WAIT)
+        row = c.client("north").get("/v1/tables/venues/rows/V-1")["row"]
+        assert row["name"] == "Riverside Hall"
+        c.wait_for("convergence", c.converged, WAIT)
+    finally:
+        c.stop_all()

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import apsw
 import msgspec
+
 from riversync.protocol import hlc as _hlc
 from riversync.protocol.keys import Roster
 from riversync.protocol.messages import (
@@ -751,6 +752,7 @@ class _Apply:
                             ev.user, ev.role, ev.admin, src, body, prev))
             ids[ev.event_id] = jid
             self.new_origins.add((ev.node, ev.epoch))
+            self.touched.add((ev.table, ev.pk))  # a parked resolve may wait for this event
             v = static(ev, schema)
             if v is not None:
                 statuses.append((jid, ev.table, ev.pk, v.status, v.cause, None, None))

@@ -170,7 +170,7 @@ def model(events, schema, roster) -> ModelState:
                 else:
                     verdict[eid] = ("accepted", "")
                     if winner[ev.conflict] == eid:
-                        st.conflicts[target] = (st.conflicts[target][0], "%s:%d:%d" % eid, ev.decision)
+                        st.conflicts[target] = (st.conflicts[target][0], "{}:{}:{}".format(*eid), ev.decision)
                         if ev.decision != "keep" and row is not None:
                             row.update(ev.values)
                 continue

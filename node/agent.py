@@ -39,7 +39,7 @@ from typing import Any
 
 from riversync.protocol import codec
 from riversync.protocol.codec import ZERO_HASH, body_hash, make_batch, open_envelope, sign
-from riversync.protocol.errors import RESYNC, RETRY, ProtocolError, SequenceFork
+from riversync.protocol.errors import RESYNC, RETRY, ProtocolError, SequenceFork, TooLarge
 from riversync.protocol.keys import Roster, SigningKey
 from riversync.protocol.messages import Batch, Envelope, Hello, HelloReply, OriginState, Pull
 from riversync.protocol.version import VERSION
@@ -151,6 +151,7 @@ class Agent:
         self._pull_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._pull_override: tuple[int, int] | None = None
+        self.batch_max = settings.batch_max_events
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -459,7 +460,7 @@ class Agent:
         pending = self._pending()
         if pending is not None:
             return pending[0]
-        events = self.store.outbox(limit=self.s.batch_max_events)
+        events = self.store.outbox(limit=self.batch_max)
         events = [e for e in events if e.epoch == self.store.epoch]
         if not events:
             return None
@@ -489,7 +490,18 @@ class Agent:
                 data = await self.db.run(self._next_push)
                 if data is None:
                     break
-                await self.hub.push(data)
+                try:
+                    await self.hub.push(data)
+                except TooLarge:
+                    # The hub refused the batch whole and stored nothing, so these bytes
+                    # can be replaced without any risk of a fork: build smaller batches.
+                    if self.batch_max <= 1:
+                        raise
+                    self.batch_max = max(1, self.batch_max // 2)
+                    await self.db.run(self.store.meta_set, META_PENDING, "")
+                    log.warning("hub refused a batch as too large; batches now hold at most %d "
+                                "events", self.batch_max)
+                    continue
                 total += await self.db.run(self._acked_bytes, data)
             self.last_push_ok = time.time()
         if total:

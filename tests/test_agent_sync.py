@@ -211,3 +211,27 @@ def test_hub_restored_from_an_older_backup_gets_back_what_it_lost(tmp_path):
             assert c.status(o)["agent"]["state"] == "running"
     finally:
         c.stop_all()
+
+
+def test_a_batch_the_hub_finds_too_large_is_rebuilt_smaller(tmp_path):
+    from riversync.node.localcluster import update_toml
+
+    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA).create()
+    update_toml(c.hub_config, limits={"max_events_per_batch": 4})
+    try:
+        c.start("hub")
+
+        async def main():
+            north = await Node(c, "north").open()
+            await north.write(*[f"P-{i}" for i in range(10)])
+            await north.agent.hello()
+            assert await north.agent.push_all() == 10
+            assert north.agent.batch_max <= 4
+            reply = await north.agent.hello()
+            held = {o.epoch: o for o in reply.origins}[north.store.epoch]
+            assert held.last_seq == 10 and held.batches >= 3
+            await north.close()
+
+        asyncio.run(asyncio.wait_for(main(), WAIT))
+    finally:
+        c.stop_all()

@@ -144,12 +144,34 @@ async function loadStaging() {
       const tr = document.createElement("tr");
       cell(tr, b.id); cell(tr, b.kind); cell(tr, b.source); cell(tr, b.state);
       cell(tr, (b.summary && JSON.stringify(b.summary)) || "");
+      const td = cell(tr, "");
+      if (b.state === "pending" || b.state === "failed") {
+        for (const action of ["apply", "reject"]) {
+          const btn = document.createElement("button");
+          btn.textContent = action;
+          btn.onclick = () => staging(b.id, action, b.confirm_required);
+          td.appendChild(btn);
+        }
+      }
       body.appendChild(tr);
     }
     $("#staging-note").textContent = "";
   } catch (e) {
     $("#staging-note").textContent = "Staging: " + e.message;
   }
+}
+
+async function staging(id, action, confirmRequired) {
+  const body = {};
+  if (action === "apply" && confirmRequired) {
+    if (!window.confirm("This file looks like a riversync export. Apply it anyway?")) return;
+    body.confirm_reimport = true;
+  }
+  try {
+    await api("POST", "/v1/staging/" + id + "/" + action, body);
+    say("staging batch " + id + ": " + action + " done");
+  } catch (e) { say(e.message); }
+  refresh();
 }
 
 async function refresh() {

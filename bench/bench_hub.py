@@ -3,6 +3,7 @@
 Not a test: run it by hand and read the figures.
 
     .venv/bin/python bench/bench_hub.py [--nodes 10] [--batches 10] [--events 1000]
+                                        [--verify-workers 0]
 
 It starts the real hub (``riversync hub serve``) on a free loopback port, pushes pre-signed
 batches from N concurrent clients (aiohttp), then lets every node pull everything the
@@ -107,19 +108,23 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=10)
     ap.add_argument("--batches", type=int, default=10, help="batches per node")
     ap.add_argument("--events", type=int, default=1000, help="events per batch")
+    ap.add_argument("--verify-workers", type=int, default=0,
+                    help="hub.toml limits.verify_workers (0: checks on the event loop)")
     args = ap.parse_args()
     nodes = [f"n{i}" for i in range(args.nodes)]
     with tempfile.TemporaryDirectory(prefix="rs-bench-") as tmp:
-        cluster = TestCluster.create(Path(tmp) / "c", nodes)
+        cluster = TestCluster.create(Path(tmp) / "c", nodes, verify_workers=args.verify_workers)
         origins, bodies = build(cluster, nodes, args.batches, args.events)
         all_envs = [b for n in nodes for b in bodies[n]]
         total_events = len(all_envs) * args.events
         mb = sum(map(len, all_envs)) / 1e6
         with HubProcess(cluster.hub_config) as hub:
             cpu0, t0 = cpu_seconds(hub.proc.pid), time.perf_counter()
+            me0 = cpu_seconds(os.getpid())
             asyncio.run(push_all(hub.url, bodies))
             t_push = time.perf_counter() - t0
             cpu_push = cpu_seconds(hub.proc.pid) - cpu0
+            client_push = cpu_seconds(os.getpid()) - me0
             status = hub.status()
             metrics = hub.get("/metrics")[2].decode()
             commits = float(re.search(r"^riversync_hub_push_commits_total (\S+)", metrics,
@@ -140,11 +145,13 @@ def main() -> int:
     raw1 = total_events / t_raw1
     rawn = total_events / t_rawn
     print(f"{args.nodes} nodes x {args.batches} batches x {args.events} events "
-          f"= {total_events:,} events, {mb:.1f} MB of signed batches")
+          f"= {total_events:,} events, {mb:.1f} MB of signed batches; "
+          f"verify_workers={args.verify_workers}, {os.cpu_count()} CPUs")
     print(f"ingest (HTTP push, verify, store, fsync): {ingest:12,.0f} events/s "
           f"({len(all_envs) / t_push:,.1f} batches/s; hub CPU {cpu_push / t_push:.0%} of a core, "
           f"{cpu_push / total_events * 1e6:.1f} us/event; "
-          f"{len(all_envs) / commits:.1f} batches per commit)")
+          f"{len(all_envs) / commits:.1f} batches per commit; the pushing clients used "
+          f"{client_push / t_push:.0%} of a core)")
     print(f"served (HTTP pull, {args.nodes} nodes):        {served / t_pull:12,.0f} events/s "
           f"(hub CPU {cpu_pull / t_pull:.0%} of a core)")
     print(f"raw apsw, commit per batch:               {raw1:12,.0f} events/s")

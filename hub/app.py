@@ -35,7 +35,6 @@ from riversync.protocol.errors import (
     TooLarge,
 )
 from riversync.protocol.messages import (
-    Batch,
     ErrorReply,
     Hello,
     HelloReply,
@@ -51,6 +50,7 @@ from . import epoch as epochs_mod
 from .metrics import HubMetrics
 from .nonces import NonceBook
 from .store import CursorInfo, HubStore, PushItem, PushResult
+from .verify import Verifier
 from .writer import Writer
 
 log = logging.getLogger("riversync.hub")
@@ -77,6 +77,7 @@ class Hub:
         self.lim = cfg.limits
         self.roster = cfg.roster
         self.store = store
+        self.verifier = Verifier(cfg.roster, cfg.limits)
         self.writer = Writer(store)
         self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="hub-read")
         self.nonces = NonceBook(self.lim.fresh_window_ms, self.lim.max_nonces)
@@ -139,12 +140,8 @@ class Hub:
     async def push(self, request: web.Request) -> web.Response:
         data = await self.read_body(request)
         now = now_ms()
-        env, batch = self.open(data, Batch)
-        if len(batch.events) > self.lim.max_events_per_batch:
-            raise TooLarge(f"batch holds {len(batch.events)} events; the hub takes at most "
-                           f"{self.lim.max_events_per_batch}", path="$.events")
-        codec.check_batch_clock(batch, now, self.lim.max_drift_ms)
-        result = await self.writer.push(PushItem(batch=batch, batch_hash=codec.body_hash(env.b),
+        head, batch_hash = await self.verifier.check(data, now)
+        result = await self.writer.push(PushItem(batch=head, batch_hash=batch_hash,
                                                  envelope=data, now_ms=now))
         if isinstance(result, Exception):
             raise result
@@ -319,6 +316,7 @@ class Hub:
         self._notify()
 
     def shutdown(self) -> None:
+        self.verifier.close()
         self.writer.stop()
         self.readers.shutdown(wait=True)
         self.store.close()

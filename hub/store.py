@@ -37,10 +37,31 @@ class EpochInfo:
 
 
 @dataclass(frozen=True)
-class PushItem:
-    """A verified batch waiting to be stored: the decoded body and its exact envelope bytes."""
+class BatchHead:
+    """What the store needs of a verified batch: its place in its origin's chain.
 
-    batch: Batch
+    The events themselves stay in the envelope bytes; the store never looks inside them.
+    Field names are the Batch's, so ``protocol.chain.classify`` takes a head as it is.
+    """
+
+    o: str  # origin node
+    e: int  # origin epoch
+    n: int  # batch sequence
+    first: int
+    last: int
+    prev: bytes
+
+    @classmethod
+    def of(cls, batch: Batch) -> BatchHead:
+        return cls(o=batch.o, e=batch.e, n=batch.n, first=batch.first, last=batch.last,
+                   prev=batch.prev)
+
+
+@dataclass(frozen=True)
+class PushItem:
+    """A verified batch waiting to be stored: its chain head and its exact envelope bytes."""
+
+    batch: BatchHead
     batch_hash: bytes  # sha256 of the signed body bytes (the chain hash)
     envelope: bytes
     now_ms: int

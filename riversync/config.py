@@ -37,6 +37,7 @@ DEFAULT_PULL_MAX_BATCHES = limits.MAX_BATCHES_PER_PULL  # batches; the byte budg
 DEFAULT_MAX_DRIFT_MS = hlc.DEFAULT_MAX_DRIFT_MS  # ms; runbook: refuse clocks 5 min ahead
 DEFAULT_FRESH_WINDOW_MS = 5 * 60 * 1000  # ms; a signed request is valid this long either way
 DEFAULT_MAX_NONCES = 200_000  # remembered request nonces; ~30 MB worst case
+DEFAULT_VERIFY_WORKERS = 0  # processes checking pushes; 0: on the event loop, ~1 core's worth
 
 # ---- node defaults ----------------------------------------------------------------------
 DEFAULT_NODE_PORT = 8701  # TCP port of the first office's node
@@ -79,6 +80,7 @@ class HubLimits:
     max_drift_ms: int = DEFAULT_MAX_DRIFT_MS
     fresh_window_ms: int = DEFAULT_FRESH_WINDOW_MS
     max_nonces: int = DEFAULT_MAX_NONCES
+    verify_workers: int = DEFAULT_VERIFY_WORKERS
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,7 @@ def load_hub_config(path: Path | str) -> HubConfig:
         fresh_window_ms=lt.int("fresh_window_ms", DEFAULT_FRESH_WINDOW_MS, lo=1000,
                                hi=24 * 3600 * 1000),
         max_nonces=lt.int("max_nonces", DEFAULT_MAX_NONCES, lo=100, hi=10_000_000),
+        verify_workers=lt.int("verify_workers", DEFAULT_VERIFY_WORKERS, lo=0, hi=64),
     )
     lt.check_unknown()
     f.check_unknown()

@@ -1,6 +1,7 @@
 """The real hub process over HTTP: every push outcome and every refusal.
 
-One hub serves the whole module.  Each refusal test shows the typed error code and HTTP
+One hub serves the whole module, checking pushes in a worker process (verify_workers=1);
+the fuzz and C15 modules run hubs that check them on the event loop.  Each refusal test shows the typed error code and HTTP
 status, and that the store (read through its own connection) is exactly as before.
 Spec rules cited: H-PUSH-1, H-PULL-1, H-PULL-2, H-HTTP-1, P-REQ-1..3, P-SIG-*, P-HLC-7.
 """
@@ -45,7 +46,7 @@ def cluster(tmp_path_factory) -> TestCluster:
     return TestCluster.create(tmp_path_factory.mktemp("hubhttp") / "c", ["north", "south", "east"],
                               max_body_bytes=BODY_LIMIT, max_long_polls=LONG_POLLS,
                               max_concurrent_requests=CONCURRENCY,
-                              max_events_per_batch=MAX_EVENTS)
+                              max_events_per_batch=MAX_EVENTS, verify_workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -367,3 +368,22 @@ def test_busy_when_every_slot_is_taken_and_disconnects_change_nothing(hub, clust
         threading.Event().wait(0.05)
     else:
         pytest.fail("the hub did not count the hung-up uploads as disconnects")
+
+
+def test_a_killed_verify_worker_is_replaced_and_no_push_is_refused(hub, cluster, db):
+    import signal
+
+    import psutil
+
+    south = fresh_origin(cluster, "south")
+    push_ok(hub, south.batch(1))  # the worker is running
+    workers = [p for p in psutil.Process(hub.proc.pid).children(recursive=True)
+               if "spawn_main" in " ".join(p.cmdline())]
+    assert workers, "no verify worker process found"
+    for w in workers:
+        w.send_signal(signal.SIGKILL)
+    psutil.wait_procs(workers, timeout=10)
+    for _ in range(3):  # checked on the loop while the pool is replaced, then by new workers
+        assert push_ok(hub, south.batch(2)).status == "stored"
+    refused(hub, db, "/v1/push", south.batch(1, advance=False, key=cluster.keys["east"]),
+            "UNKNOWN_NODE", 401)

@@ -6,7 +6,7 @@ import pytest
 from hubproc import TestCluster, now_ms
 
 from riversync.hub.nonces import NonceBook
-from riversync.hub.store import CursorInfo, PushItem, PushResult
+from riversync.hub.store import BatchHead, CursorInfo, PushItem, PushResult
 from riversync.hub.store_sqlite import SqliteHubStore, StoreLockedError
 from riversync.protocol import codec
 from riversync.protocol.errors import Busy, ReplayedRequest, SequenceGap
@@ -28,7 +28,7 @@ def store(tmp_path):
 def item(data: bytes) -> PushItem:
     env = codec.decode(data, Envelope)
     batch = codec.decode(env.b, Batch)
-    return PushItem(batch=batch, batch_hash=codec.body_hash(env.b), envelope=data, now_ms=now_ms())
+    return PushItem(batch=BatchHead.of(batch), batch_hash=codec.body_hash(env.b), envelope=data, now_ms=now_ms())
 
 
 def test_new_store_has_one_epoch(store):

@@ -172,6 +172,7 @@ def init_cluster(
             "pull_max_batches": config.DEFAULT_PULL_MAX_BATCHES,
             "max_drift_ms": config.DEFAULT_MAX_DRIFT_MS,
             "fresh_window_ms": config.DEFAULT_FRESH_WINDOW_MS,
+            "verify_workers": config.DEFAULT_VERIFY_WORKERS,
         },
     }
     hub_path = d / "hub.toml"

@@ -10,7 +10,8 @@ integer limits, dates, phones with leading zeros), then in the same process meas
 2. ``import_xlsx`` into staging (sniff, pre-scan, read, check every row, store it);
 3. ``apply`` of the whole batch through ``Store.commit_local`` (one transaction).
 
-It prints rows per second for each, the import/openpyxl ratio (target at least 0.5) and
+It prints rows per second for each (CPU time of the process by default, ``--wall`` for
+wall-clock time), the import/openpyxl ratio (target at least 0.5) and
 the peak Python heap during import and apply (tracemalloc, measured in a second pass so
 the timings are not slowed by tracing), plus the process's peak RSS.
 """
@@ -40,6 +41,9 @@ SCHEMA = {
         "vat_number": "text", "credit_limit": "integer", "since": "date", "phone": "text"}}},
 }
 OPTIONS = {"customers": {"vat_number": {"unique": True}}}
+# CPU time of this process: on a machine shared with other work, wall-clock figures swing
+# by 2x between runs; CPU time is what the code itself costs.  --wall switches back.
+CLOCK = time.process_time
 
 
 def write_workbook(path: str, rows: int) -> None:
@@ -71,22 +75,31 @@ def new_desk(folder: str, name: str) -> StagingDesk:
 def import_and_apply(path: str, folder: str, name: str) -> tuple[float, float, dict]:
     desk = new_desk(folder, name)
     try:
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         res = desk.import_xlsx(path, "customers", user="op")
-        t1 = time.perf_counter()
+        t1 = CLOCK()
         applied = desk.apply(res["batch"]["id"], user="op")
-        t2 = time.perf_counter()
+        t2 = CLOCK()
         assert applied["batch"]["events"] == res["summary"]["valid"]
         return t1 - t0, t2 - t1, res["summary"]
     finally:
         desk.store.close()
 
 
+def fmt(xs: list[float]) -> str:
+    return "/".join(f"{x:.1f}" for x in xs) + " s"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=50_000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement")
     ap.add_argument("--keep", default=None, help="write files here instead of a temp dir")
+    ap.add_argument("--wall", action="store_true", help="measure wall-clock time instead")
     args = ap.parse_args()
+    global CLOCK
+    if args.wall:
+        CLOCK = time.perf_counter
     folder = args.keep or tempfile.mkdtemp(prefix="riversync-bench-")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"customers-{args.rows}.xlsx")
@@ -95,26 +108,43 @@ def main() -> int:
     print(f"workbook: {args.rows} rows, {os.path.getsize(path) / 1e6:.1f} MB, "
           f"written in {time.perf_counter() - t:.1f} s")
 
-    t = time.perf_counter()
-    n = openpyxl_read(path)
-    base_s = time.perf_counter() - t
-    assert n == args.rows
-    imp_s, apply_s, summary = import_and_apply(path, folder, "timed.db")
-    assert summary["valid"] == args.rows, summary
+    # Alternate the measurements and keep the best of each: on a shared machine the
+    # minimum is the figure least disturbed by other processes.
+    base, imp, app = [], [], []
+    for i in range(args.repeat):
+        t = CLOCK()
+        n = openpyxl_read(path)
+        base.append(CLOCK() - t)
+        assert n == args.rows
+        imp_s, apply_s, summary = import_and_apply(path, folder, f"timed{i}.db")
+        assert summary["valid"] == args.rows, summary
+        imp.append(imp_s)
+        app.append(apply_s)
+    base_s, imp_s, apply_s = min(base), min(imp), min(app)
     rate = lambda s: args.rows / s  # noqa: E731
+    print(f"{'wall-clock' if args.wall else 'CPU'} time, best of {args.repeat} runs (all runs: openpyxl {fmt(base)}, import {fmt(imp)}, "
+          f"apply {fmt(app)})")
     print(f"openpyxl read-only read : {base_s:6.2f} s  {rate(base_s):9.0f} rows/s")
     print(f"import into staging     : {imp_s:6.2f} s  {rate(imp_s):9.0f} rows/s  "
           f"({rate(imp_s) / rate(base_s):.2f}x openpyxl)")
     print(f"apply (one transaction) : {apply_s:6.2f} s  {rate(apply_s):9.0f} rows/s")
     both = imp_s + apply_s
     print(f"import + apply          : {both:6.2f} s  {rate(both):9.0f} rows/s  "
-          f"({rate(both) / rate(base_s):.2f}x openpyxl)")
+          f"({rate(both) / rate(base_s):.2f}x openpyxl; target 0.5x)")
 
-    tracemalloc.start()
-    import_and_apply(path, folder, "traced.db")
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    print(f"peak Python heap during import + apply: {peak / 1e6:.1f} MB (tracemalloc)")
+    desk = new_desk(folder, "traced.db")
+    try:
+        tracemalloc.start()
+        res = desk.import_xlsx(path, "customers", user="op")
+        _, peak_import = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        desk.apply(res["batch"]["id"], user="op")
+        _, peak_apply = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    finally:
+        desk.store.close()
+    print(f"peak Python heap: import {peak_import / 1e6:.1f} MB (streamed, bounded), "
+          f"apply {peak_apply / 1e6:.1f} MB (one transaction holds every change)")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"peak RSS of this process: {rss / 1024:.0f} MB")
     if not args.keep:

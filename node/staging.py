@@ -172,13 +172,21 @@ def coerce(rule: ColumnRule, value: Any, *, epoch: dt.datetime | None = None,
 
     ``epoch`` is the workbook's date system, used for serial numbers in date columns.
     """
-    if isinstance(value, str):
-        value = normalise_text(value)
-        if value == "":
-            return None, None
-    if value is None:
-        return None, None
     t = rule.type
+    vt = type(value)
+    if vt is str:
+        value = value.strip()
+        if not value:
+            return None, None
+        if t == "text":  # the common case, kept short
+            return value, None
+    elif value is None:
+        return None, None
+    elif vt is int and t == "integer":
+        return value, None
+    elif vt is dt.datetime and t == "date" and not value.hour and not value.minute \
+            and not value.second and not value.microsecond and value.date() not in _EXCEL_EPOCHS:
+        return value.date().isoformat(), None
     if t == "text":
         return _to_text(rule, value)
     if t == "integer":
@@ -359,21 +367,25 @@ class StagedRow:
 def check_row(rules: TableRules, raw: dict[str, Any], row: StagedRow, *,
               epoch: dt.datetime | None = None) -> None:
     """Coerce ``raw`` (column -> incoming value) into ``row.values``, recording issues."""
+    values = row.values
     for col in rules.columns:
-        if col.name not in raw:
+        name = col.name
+        if name not in raw:
+            if col.required and not _has_error(row, name):
+                row.error(name, f"{name} required")
             continue
         try:
-            value, note = coerce(col, raw[col.name], epoch=epoch)
-            check_pattern(col, value)
+            value, note = coerce(col, raw[name], epoch=epoch)
+            if col.pattern:
+                check_pattern(col, value)
         except ValueIssue as e:
-            row.error(col.name, str(e))
+            row.error(name, str(e))
             continue
-        row.values[col.name] = value
+        values[name] = value
         if note:
-            row.notes.append(f"{col.name}: {note}")
-    for col in rules.columns:
-        if col.required and row.values.get(col.name) is None and not _has_error(row, col.name):
-            row.error(col.name, f"{col.name} required")
+            row.notes.append(f"{name}: {note}")
+        if value is None and col.required:
+            row.error(name, f"{name} required")
     key = row.values.get(rules.key)
     row.key = None if key is None else str(key)
 
@@ -1020,10 +1032,15 @@ def to_local_change(rules: TableRules, row: StagedRow):
     An update carries only the columns the file filled (a blank cell leaves the live
     value as it is); a create carries every filled column.
     """
+    key = rules.key
+    values = {k: v for k, v in row.values.items() if v is not None and k != key}
+    return _LocalChange()(row.op or "create", rules.name, row.key, values)
+
+
+def _LocalChange():  # noqa: N802 - the engine's class, imported on first use
     from riversync.engine.store import LocalChange
 
-    values = {k: v for k, v in row.values.items() if k != rules.key and v is not None}
-    return LocalChange(kind=row.op or "create", table=rules.name, pk=row.key, values=values)
+    return LocalChange
 
 
 def backlog(store, *, email_dir: str | None = None, now: int | None = None) -> dict:

@@ -448,14 +448,18 @@ def _stage_rows(rows_iter, header_row: int, colmap: dict[int, str], scan: SheetS
     anchor_cells = {(m[1], m[0]) for m in merges}
     blank_run = 0
     pending: list[StagedRow] = []
+    special = bool(anchor_of) or bool(scan.uncached)  # most sheets have neither
+    cols = list(colmap.items())
+    read = 0
     for row_no, values in enumerate(rows_iter, start=header_row + 1):
-        stats["read"] += 1
-        if progress and stats["read"] % PROGRESS_EVERY == 0:
-            progress(stats["read"])
-        for (r, c) in anchor_cells:
-            if r == row_no and c - 1 < len(values):
-                anchors[(r, c)] = values[c - 1]
-        if all(_blank(v) for v in values):
+        read += 1
+        if progress and read % PROGRESS_EVERY == 0:
+            progress(read)
+        if anchor_cells:
+            for (r, c) in anchor_cells:
+                if r == row_no and c - 1 < len(values):
+                    anchors[(r, c)] = values[c - 1]
+        if all(v is None or (type(v) is str and not v.strip()) for v in values):
             blank_rows.append(row_no)
             blank_run += 1
             if scan.last_value_row is None and blank_run >= MAX_BLANK_RUN:
@@ -465,19 +469,22 @@ def _stage_rows(rows_iter, header_row: int, colmap: dict[int, str], scan: SheetS
         blank_run = 0
         row = StagedRow(row_no, {})
         raw: dict[str, object] = {}
-        for i, col in colmap.items():
-            v = values[i] if i < len(values) else None
-            pos = (row_no, i + 1)
-            if v is None and pos in anchor_of:
-                ar, ac, ref = anchor_of[pos]
-                v = anchors.get((ar, ac))
-                if v is not None:
-                    row.notes.append(f"{col}: filled from merged cells {ref}")
-            if pos in scan.uncached:
-                row.error(col, f"cell {_col_letter(i + 1)}{row_no} is a formula with no saved "
-                               "value; open the file in Excel, save it and upload it again")
-                continue
-            if isinstance(v, str) and v in EXCEL_ERRORS:
+        n = len(values)
+        for i, col in cols:
+            v = values[i] if i < n else None
+            if special:
+                pos = (row_no, i + 1)
+                if v is None and pos in anchor_of:
+                    ar, ac, ref = anchor_of[pos]
+                    v = anchors.get((ar, ac))
+                    if v is not None:
+                        row.notes.append(f"{col}: filled from merged cells {ref}")
+                if pos in scan.uncached:
+                    row.error(col, f"cell {_col_letter(i + 1)}{row_no} is a formula with no "
+                                   "saved value; open the file in Excel, save it and upload it "
+                                   "again")
+                    continue
+            if type(v) is str and v in EXCEL_ERRORS:
                 row.error(col, f"cell {_col_letter(i + 1)}{row_no} is a formula error {v}")
                 continue
             raw[col] = v
@@ -488,8 +495,9 @@ def _stage_rows(rows_iter, header_row: int, colmap: dict[int, str], scan: SheetS
             yield from _finish(rules, pending, live, stats, reasons)
             pending = []
     yield from _finish(rules, pending, live, stats, reasons)
+    stats["read"] = read
     if progress:
-        progress(stats["read"])
+        progress(read)
 
 
 def _finish(rules: TableRules, rows: list[StagedRow], live: LiveView, stats, reasons):

@@ -36,7 +36,7 @@ def roster(cluster: str = "test-cluster") -> Roster:
 
 def at(time: str, counter: int = 0) -> int:
     """HLC for ``HH:MM:SS.mmm`` on 2024-03-15 UTC (the cases' notation)."""
-    h, m, rest = time.split(":")
+    h, m, rest = (time + ":00").split(":")[:3] if time.count(":") == 1 else time.split(":")
     s, _, ms = rest.partition(".")
     base = 1710460800000  # 2024-03-15T00:00:00Z
     wall = base + ((int(h) * 60 + int(m)) * 60 + int(s)) * 1000 + int(ms or 0)

@@ -1,0 +1,232 @@
+"""The Store API other parts build on: local commits, outbox, epochs, cursors, backups."""
+
+from __future__ import annotations
+
+import apsw
+import pytest
+from engine_util import LEAGUES, NOW, Origin, at, open_store, roster
+
+from riversync.engine import db
+from riversync.engine.errors import ConflictNotFound, EpochRequired, WrongNode
+from riversync.engine.schema import load_schema, parse_schema
+from riversync.engine.store import LocalChange, Store
+from riversync.protocol import hlc
+
+SCHEMA = load_schema(LEAGUES)
+
+
+def _setup(store, user="nora", office="north", now=NOW):
+    return store.commit_local([
+        LocalChange("create", "offices", office, {"name": office.title()}),
+        LocalChange("create", "leagues", "L1", {"office_id": office, "name": "Kids"}),
+        LocalChange("create", "teams", "T1", {"league_id": "L1", "name": "Reds"}),
+    ], user=user, now_ms=now, source="staging:batch-1")
+
+
+def test_local_commit_returns_sequenced_events_and_audits_them(tmp_path):
+    s = open_store(tmp_path / "n.db", SCHEMA, node="north", epoch=5)
+    events = _setup(s)
+    assert [(e.node, e.epoch, e.seq) for e in events] == [("north", 5, i) for i in (1, 2, 3)]
+    assert [e.hlc for e in events] == sorted({e.hlc for e in events})
+    assert s.get_row("leagues", "L1")["active"] is True  # boolean default, read back as bool
+    audit = s.audit()
+    assert [a["source"] for a in audit] == ["local:staging:batch-1"] * 3
+    assert {a["office"] for a in audit} == {"north"} and {a["node"] for a in audit} == {"north"}
+    assert s.outbox_size() == 3 and [e.seq for e in s.outbox()] == [1, 2, 3]
+    s.mark_acked(5, 2)
+    assert [e.seq for e in s.outbox()] == [3]
+    s.close()
+
+
+def test_first_open_needs_an_epoch_and_a_database_keeps_its_node(tmp_path):
+    with pytest.raises(EpochRequired):
+        Store.open(tmp_path / "n.db", SCHEMA, roster(), "north")
+    s = open_store(tmp_path / "n.db", SCHEMA, node="north", epoch=5)
+    s.close()
+    with pytest.raises(WrongNode):
+        open_store(tmp_path / "n.db", SCHEMA, node="south")
+    again = Store.open(tmp_path / "n.db", SCHEMA, roster(), "north")
+    assert again.epoch == 5
+    again.close()
+
+
+def test_restart_or_clock_step_back_never_reissues_a_timestamp(tmp_path):
+    s = open_store(tmp_path / "n.db", SCHEMA, node="north")
+    first = _setup(s, now=NOW)
+    s.close()
+    s = open_store(tmp_path / "n.db", SCHEMA, node="north")
+    (later,) = s.commit_local([LocalChange("update", "teams", "T1", {"coach": "x"})],
+                              user="nora", now_ms=NOW - 3_600_000)  # NTP stepped back an hour
+    assert later.hlc > max(e.hlc for e in first)
+    s.close()
+
+
+def test_remote_clock_advances_the_local_one(tmp_path):
+    s = open_store(tmp_path / "n.db", SCHEMA, node="north")
+    _setup(s, now=NOW)
+    o = Origin("south")
+    remote = o.create(hlc.make(NOW + 1000, 9), "players", "P1", {"full_name": "A"}, "sam")
+    s.apply_remote([remote], now_ms=NOW)
+    (mine,) = s.commit_local([LocalChange("update", "teams", "T1", {"coach": "x"})],
+                             user="nora", now_ms=NOW)
+    assert mine.hlc > remote.hlc
+    s.close()
+
+
+def test_cursor_moves_with_its_apply_and_not_without_it(tmp_path):
+    s = open_store(tmp_path / "n.db", SCHEMA, node="north")
+    o = Origin("south")
+    ev = o.create(at("10:00"), "players", "P1", {"full_name": "A"}, "sam")
+    s.apply_remote([ev], now_ms=NOW, cursor=("hub", 7, 1))
+    assert s.get_cursor("hub") == (7, 1)
+    bad = o.create(hlc.make(NOW + 3_600_000), "players", "P2", {"full_name": "B"}, "sam")
+    with pytest.raises(Exception):  # noqa: B017 - ClockSkew; the point is the cursor
+        s.apply_remote([bad], now_ms=NOW, cursor=("hub", 7, 2))
+    assert s.get_cursor("hub") == (7, 1)
+    assert s.digests()["events"] == {"south/1": 1}
+    s.close()
+
+
+def test_meta_key_value(tmp_path):
+    s = open_store(tmp_path / "n.db", SCHEMA, node="north")
+    assert s.meta_get("agent.backoff") is None
+    s.meta_set("agent.backoff", 3)
+    assert s.meta_get("agent.backoff") == 3
+    s.close()
+
+
+def test_start_new_epoch_resequences_unacknowledged_events(tmp_path):
+    s = open_store(tmp_path / "n.db", SCHEMA, node="north", epoch=5)
+    _setup(s)
+    s.commit_local([LocalChange("update", "teams", "T1", {"coach": "x"})], user="nora",
+                   now_ms=NOW + 1)
+    before = s.digests()["tables"]
+    moved = s.start_new_epoch(6, hub_last_seq=2)
+    assert [(e.epoch, e.seq, e.table) for e in moved] == [(6, 1, "teams"), (6, 2, "teams")]
+    assert s.epoch == 6
+    assert [(e.epoch, e.seq) for e in s.outbox()] == [(6, 1), (6, 2)]
+    assert s.digests()["tables"] == before
+    assert s.digests()["events"] == {"north/5": 2, "north/6": 2}
+    assert s.audit_count() == 4
+    (nxt,) = s.commit_local([LocalChange("update", "teams", "T1", {"coach": "y"})],
+                            user="nora", now_ms=NOW + 2)
+    assert (nxt.epoch, nxt.seq) == (6, 3)
+    # A peer that only ever sees what the hub relays reaches the same state.
+    peer = open_store(tmp_path / "p.db", SCHEMA, node="east")
+    old = [e for e in _all_events(s) if e.epoch == 5 and e.seq <= 2]
+    peer.apply_remote(old + s.outbox(), now_ms=NOW + 5)
+    assert peer.digests()["tables"] == s.digests()["tables"]
+    assert peer.digests()["audit"] == s.digests()["audit"]
+    s.close()
+    peer.close()
+
+
+def _all_events(store):
+    from riversync.engine.store import _ev_dec
+
+    return [_ev_dec.decode(b) for (b,) in store.conn.execute(
+        "SELECT body FROM _rs_journal ORDER BY jid")]
+
+
+def test_late_transfer_of_a_parent_recomputes_its_children(tmp_path):
+    north = open_store(tmp_path / "n.db", SCHEMA, node="north")
+    events = _setup(north)
+    o_s = Origin("south")
+    edit = o_s.update(hlc.make(NOW + 10_000), "teams", "T1", {"coach": "south coach"}, "sam")
+    north.apply_remote([edit], now_ms=NOW + 20_000)
+    assert north.get_row("teams", "T1")["coach"] is None
+    assert [c["cause"] for c in north.conflicts()] == ["not owner"]
+    # The league moved to south before south's edit; the transfer arrives late.
+    o_n = Origin("west")  # another north node
+    t = o_n.transfer(hlc.make(NOW + 5_000), "leagues", "L1", "south", "nora")
+    r = north.apply_remote([t], now_ms=NOW + 20_000)
+    assert north.get_row("teams", "T1")["coach"] == "south coach"
+    assert north.conflicts() == [] and r.recomputed_rows >= 2
+    fresh = open_store(tmp_path / "f.db", SCHEMA, node="east")
+    fresh.apply_remote([t, edit, *events], now_ms=NOW + 20_000)
+    assert fresh.digests()["tables"] == north.digests()["tables"]
+    assert fresh.digests()["conflicts"] == north.digests()["conflicts"]
+    north.close()
+    fresh.close()
+
+
+def test_resolve_locally_accept_closes_the_conflict_everywhere(tmp_path):
+    north = open_store(tmp_path / "n.db", SCHEMA, node="north")
+    events = _setup(north)
+    edit = Origin("south").update(hlc.make(NOW + 10), "teams", "T1", {"coach": "Kim"}, "sam")
+    north.apply_remote([edit], now_ms=NOW + 20)
+    (c,) = north.conflicts()
+    assert (c["table"], c["pk"], c["values"], c["office"]) == ("teams", "T1", {"coach": "Kim"},
+                                                               "south")
+    with pytest.raises(ConflictNotFound):
+        north.commit_local([LocalChange("resolve", conflict="nope:1:1", decision="keep")],
+                           user="nora", now_ms=NOW + 30)
+    (res,) = north.commit_local([LocalChange("resolve", conflict=c["id"], decision="accept")],
+                                user="nora", now_ms=NOW + 30)
+    assert res.values == {"coach": "Kim"}
+    assert north.get_row("teams", "T1")["coach"] == "Kim"
+    assert north.conflicts() == [] and north.conflict(c["id"])["status"] == "closed"
+    south = open_store(tmp_path / "s.db", SCHEMA, node="south")
+    south.apply_remote([res, edit, *events], now_ms=NOW + 40)
+    assert south.digests()["state"] == north.digests()["state"]
+    north.close()
+    south.close()
+
+
+def test_schema_upgrade_unparks_events_for_a_new_table(tmp_path):
+    doc = {"version": 1, "tables": {"a": {"primary_key": "id", "columns": {"id": "text",
+                                                                          "x": "text"}}}}
+    v1 = parse_schema(doc)
+    s = Store.open(tmp_path / "n.db", v1, roster(), "east", epoch=1)
+    o = Origin("north")
+    ev = o.create(at("10:00"), "b", "k", {"y": 1}, "nora", schema=2)
+    s.apply_remote([ev], now_ms=NOW)
+    assert [p["cause"] for p in s.parked()] == ["unknown table: b"]
+    s.close()
+    doc["version"] = 2
+    doc["tables"]["b"] = {"primary_key": "id", "columns": {"id": "text", "y": "integer"}}
+    v2 = parse_schema(doc)
+    s = Store.open(tmp_path / "n.db", v2, roster(), "east")
+    assert s.parked() == [] and s.get_row("b", "k") == {"id": "k", "y": 1}
+    s.close()
+
+
+def test_backup_is_one_verified_self_contained_file(tmp_path):
+    """Case C21(a): WAL, no autocheckpoint, a long-lived reader; the copy alone is whole."""
+    schema = load_schema(LEAGUES)
+    s = open_store(tmp_path / "n.db", schema, node="north")
+    s.conn.execute("PRAGMA wal_autocheckpoint=0")
+    reader = db.connect(str(tmp_path / "n.db"))
+    reader.execute("BEGIN")
+    list(reader.execute("SELECT count(*) FROM players"))
+    s.commit_local([LocalChange("create", "players", f"P{i}", {"full_name": f"Player {i}"})
+                    for i in range(10)], user="nora", now_ms=NOW)
+    assert (tmp_path / "n.db-wal").stat().st_size > 0
+    dest = tmp_path / "restore" / "copy.db"
+    dest.parent.mkdir()
+    s.backup(dest)
+    reader.execute("COMMIT")
+    reader.close()
+    s.close()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["copy.db"]
+    c = apsw.Connection(str(dest), flags=apsw.SQLITE_OPEN_READONLY)
+    assert list(c.execute("PRAGMA integrity_check")) == [("ok",)]
+    assert list(c.execute("SELECT count(*) FROM players")) == [(10,)]
+    assert list(c.execute("PRAGMA journal_mode")) == [("delete",)]
+    c.close()
+
+
+def test_nested_transactions_are_savepoints(tmp_path):
+    conn = db.connect(str(tmp_path / "t.db"))
+    conn.execute("CREATE TABLE t (x)")
+    with db.transaction(conn):
+        conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(ZeroDivisionError):
+            with db.transaction(conn):
+                conn.execute("INSERT INTO t VALUES (2)")
+                1 / 0  # noqa: B018
+        conn.execute("INSERT INTO t VALUES (3)")
+    assert [r[0] for r in conn.execute("SELECT x FROM t ORDER BY x")] == [1, 3]
+    assert db.migrate(conn, [("m1", lambda c: c.execute("CREATE TABLE m (y)"))]) == ["m1"]
+    assert db.migrate(conn, [("m1", lambda c: c.execute("CREATE TABLE m (y)"))]) == []
+    conn.close()

@@ -16,7 +16,7 @@ import sys
 
 from riversync.cli import EXIT_CRITICAL, EXIT_UNAVAILABLE, CommandError
 
-from ._nodecfg import call, client_for, load
+from ._nodecfg import client_for, load
 
 
 def add_node_args(p, *, user: bool = True) -> None:
@@ -57,9 +57,19 @@ class Node:
                 return direct(self.desk)
             except (StagingError, EngineError) as e:
                 raise staging_error(e) from None
-        if method == "GET":
-            return call(self.client.get, path)
-        return call(self.client.post, path, body or {})
+        from riversync.node.client import NodeRefused, NodeUnreachable
+
+        try:
+            if method == "GET":
+                return self.client.get(path)
+            return self.client.post(path, body or {})
+        except NodeRefused as e:
+            exit_code = EXIT_CRITICAL if e.status in (400, 404, 413, 422) else 1
+            raise CommandError(f"{e.code}: {e.message}", e.hint, exit_code) from None
+        except NodeUnreachable as e:
+            raise CommandError(f"the node does not answer: {e}",
+                               "start it with `riversync node serve -c NODE.toml`",
+                               EXIT_UNAVAILABLE) from None
 
 
 def default_user(cfg, explicit: str | None) -> str:

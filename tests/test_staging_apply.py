@@ -10,6 +10,7 @@ import textwrap
 
 import openpyxl
 import pytest
+
 from riversync.engine.schema import load_schema
 from riversync.engine.store import LocalChange, Store
 from riversync.node import staging as S
@@ -269,3 +270,31 @@ def test_backlog_numbers(north, tmp_path):
     b = S.backlog(north.store, now=created + 90_000_000)
     assert b["xlsx_pending"] == 1 and b["excel_oldest_age_s"] == 90_000.0
     assert b["email_backlog"] == 0
+
+
+@pytest.mark.parametrize("name", ["C27-legacy.xls", "C27-legacy-renamed.xlsx",
+                                  "C27-encrypted.xlsx", "C27-truncated.xlsx", "C27-empty.xlsx"])
+def test_a_refused_file_leaves_every_table_and_staging_unchanged(north, name):
+    from riversync.node.xlsx_import import XlsxRefused
+
+    north.store.commit_local([LocalChange("create", "customers", "C-1", {"name": "x"})],
+                             user="alice", now_ms=T0)
+    before = north.store.digests()
+    with pytest.raises(XlsxRefused):
+        north.import_file(os.path.join(DATA, name), "customers")
+    assert north.store.digests() == before
+    assert north.staging.batches() == []
+
+
+def test_an_all_invalid_file_stages_but_changes_no_table(north, tmp_path):
+    p = tmp_path / "bad.xlsx"
+    wb = openpyxl.Workbook()
+    for r in (["customer_id", "name", "credit_limit"], ["C-1", None, 5], ["C-2", "n", "lots"]):
+        wb.active.append(r)
+    wb.save(p)
+    before = north.store.digests()
+    res = north.import_file(p, "customers")
+    assert res.summary["valid"] == 0 and res.summary["invalid"] == 2
+    with pytest.raises(S.NothingToApply):
+        north.apply(res.batch_id, "customers")
+    assert north.store.digests() == before and north.store.audit_count() == 0

@@ -10,13 +10,13 @@ import datetime as dt
 import os
 import re
 import shutil
-import time
 import zipfile
 
 import openpyxl
 import pytest
 from openpyxl.styles import Font
 from openpyxl.utils.datetime import CALENDAR_MAC_1904
+
 from riversync.engine.db import connect
 from riversync.engine.schema import load_schema
 from riversync.node import xlsx_import as X
@@ -111,16 +111,14 @@ def test_c23_leading_zeros_and_sixteen_digit_ids(env):
 
 
 def test_c25_phantom_rows_and_rows_after_a_gap(env):
-    t0 = time.monotonic()
     res, rows = stage(env, os.path.join(DATA, "C25-phantom-rows.xlsx"), "customers")
-    elapsed = time.monotonic() - t0
     assert [r["key"] for r in rows.values()] == ["C-2001", "C-2002", "C-2003", "C-2004",
                                                   "C-2005"]
     assert all(r["status"] == "valid" for r in rows.values())
     assert res.summary["staged"] == 5
     assert res.summary["blank_rows"] == [5, 8]
-    assert res.summary["rows_read"] < 100  # never walks to row 1,048,576
-    assert elapsed < 30  # generous bound: a scan of 1M rows would still pass 5 s budgets
+    # the sheet's used range reaches row 1,048,576; reading stops at the last value (row 8)
+    assert res.summary["rows_read"] == 7
 
 
 def test_c26_headers_with_spaces_nbsp_and_merged_cells(env):

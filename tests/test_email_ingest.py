@@ -9,6 +9,7 @@ from email.message import EmailMessage
 
 import openpyxl
 import pytest
+
 from riversync.engine.schema import load_schema
 from riversync.engine.store import LocalChange, Store
 from riversync.node import email_ingest as M

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import openpyxl
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+
 from riversync.engine.schema import load_schema
 from riversync.engine.store import LocalChange, Store
 from riversync.node.daemon import NodeContext, build_app

@@ -8,6 +8,7 @@ import shutil
 
 import openpyxl
 import pytest
+
 from riversync.engine.schema import load_schema
 from riversync.engine.store import LocalChange, Store
 from riversync.node.staging import StagingDesk

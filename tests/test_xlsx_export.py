@@ -8,6 +8,7 @@ import zipfile
 
 import openpyxl
 import pytest
+
 from riversync.engine.schema import load_schema
 from riversync.engine.store import LocalChange, Store
 from riversync.node import xlsx_export as E

@@ -184,3 +184,27 @@ def test_c21b_restore_after_a_crash_left_wal_and_shm(cluster):
     c.start("north")
     c.wait_for("convergence", c.converged, WAIT)
     assert {"B-0", "A-2"} <= ids(c, "north") == ids(c, "south")
+
+
+def test_c19_backup_and_restore_with_the_node_stopped_and_the_hub_away(cluster):
+    c = cluster
+    cfg = str(c.node_configs["north"])
+    add(c, "north", "B-", 2)
+    c.wait_for("north to drain", lambda: drained(c, "north"), WAIT)
+    c.stop("north")
+    backup = run("backup", "-c", cfg)  # the node is stopped: the command opens the file
+    assert Path(backup["path"]).exists() and backup["events"]
+    c.start("north")
+    add(c, "north", "A-", 2)
+    c.wait_for("north to drain", lambda: drained(c, "north"), WAIT)
+    c.stop("north")
+    c.stop("hub")
+    res = run("restore", "-c", cfg, backup["path"])
+    assert res["hub_last_seq_from"] == "backup" and res["hub_last_seq"] == 2
+    c.start("hub")
+    c.start("north")
+    new = add(c, "north", "N-", 1)
+    assert new[0]["events"][0]["epoch"] == res["new_epoch"]
+    assert new[0]["events"][0]["seq"] == 1
+    c.wait_for("convergence", c.converged, WAIT)
+    assert {"B-1", "A-1", "N-0"} <= ids(c, "north") == ids(c, "south")

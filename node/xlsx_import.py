@@ -69,6 +69,12 @@ EXCEL_ERRORS = frozenset(
      "#SPILL!", "#CALC!"})
 
 
+# What openpyxl and zipfile raise on a broken package (opening) or broken sheet XML (reading).
+_OPEN_ERRORS = (zipfile.BadZipFile, zlib.error, KeyError, ParseError, EOFError, ValueError,
+                TypeError, OSError)
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, ParseError, EOFError)
+
+
 class XlsxRefused(StagingError):
     """The file cannot be read as an .xlsx workbook; nothing was staged."""
 
@@ -341,7 +347,7 @@ def _import(staging: Staging, path: str, name: str, sha: str, rules: TableRules,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # openpyxl warns about extensions it drops
             wb = openpyxl.load_workbook(path, read_only=True, data_only=True, keep_vba=False)
-    except (zipfile.BadZipFile, zlib.error, KeyError, ParseError, OSError, ValueError) as e:
+    except _OPEN_ERRORS as e:
         raise XlsxDamaged(f"{name}: file is damaged or incomplete") from e
     batch_id = None
     try:
@@ -372,7 +378,10 @@ def _import(staging: Staging, path: str, name: str, sha: str, rules: TableRules,
         blank_rows: list[int] = []
         rows = _stage_rows(rows_iter, header_row, colmap, scan, rules, live, epoch, stats,
                            reasons, blank_rows, progress)
-        staging.add_rows(batch_id, rows)
+        try:
+            staging.add_rows(batch_id, rows)
+        except _READ_ERRORS as e:  # the sheet's XML or zip breaks off part-way
+            raise XlsxDamaged(f"{name}: file is damaged or incomplete") from e
         summary = {
             "file": name, "sha256": sha, "sheet": ws.title, "table": rules.name,
             "rows_read": stats["read"], "staged": stats["staged"], "valid": stats["valid"],

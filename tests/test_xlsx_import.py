@@ -384,3 +384,19 @@ def test_progress_is_reported(env, tmp_path):
     res, _ = stage(env, p, "customers", progress=seen.append)
     assert seen[:2] == [1000, 2000] and seen[-1] == 2500
     assert res.summary["valid"] == 2500
+
+
+def test_sheet_xml_cut_off_inside_a_valid_zip_is_damaged_and_stages_nothing(env, tmp_path):
+    rows = [["customer_id", "name"]] + [[f"C-{i}", "x" * 20] for i in range(3000)]
+    p = write(tmp_path / "ok.xlsx", rows)
+    cut = tmp_path / "cut.xlsx"
+    with zipfile.ZipFile(p) as zin, zipfile.ZipFile(cut, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = data[: len(data) // 2]
+            zout.writestr(item, data)
+    with pytest.raises(X.XlsxDamaged):
+        stage(env, cut, "customers")
+    assert env[0].batches() == []
+    assert env[0].conn.execute("SELECT count(*) FROM staging_rows").fetchall()[0][0] == 0

@@ -235,3 +235,18 @@ def test_a_batch_the_hub_finds_too_large_is_rebuilt_smaller(tmp_path):
         asyncio.run(asyncio.wait_for(main(), WAIT))
     finally:
         c.stop_all()
+
+
+def test_without_realtime_changes_travel_with_the_periodic_sync(tmp_path):
+    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
+                     realtime=False).create()
+    try:
+        c.start_all()
+        c.client("north", "north-clerk").post("/v1/tables/players/rows",
+                                              {"pk": "P-1", "values": {"full_name": "Kim"}})
+        assert c.status("north")["agent"]["realtime"] is False
+        c.wait_for("P-1 at south", lambda: c.client("south").get(
+            "/v1/tables/players/rows")["rows"], WAIT)
+        c.wait_for("convergence", c.converged, WAIT)
+    finally:
+        c.stop_all()

@@ -54,7 +54,7 @@ def cmd_list(args) -> int:
         print(_line(c))
     for p in parked:
         print(f"  parked {p.get('table')}/{p.get('pk')}  cause: {p.get('cause', '?')}")
-    if conflicts:
+    if any(c.get("status", "open") == "open" for c in conflicts):
         print("Resolve with: riversync conflicts resolve -c CONFIG ID --accept|--keep|--merge JSON")
     return 0
 

@@ -892,6 +892,7 @@ class Staging:
             self._fail(batch_id, reason)
             raise ApplyRefused(f"batch {batch_id} not applied: {reason}")
         changes = [to_change(r) for r in staged] if to_change else staged
+        del staged  # the changes hold what the engine needs; free the rows before it runs
         stamp = now or now_ms()
         try:
             with transaction(self.conn, durable=True):

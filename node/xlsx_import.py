@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 1. **Sniff by content, never by name.**  OLE2 bytes (``d0cf11e0``) are either an
    encrypted OOXML package (its directory has an ``EncryptionInfo`` stream) or a legacy
-   Excel 97-2003 file; a zip must open, pass its CRC check and hold ``xl/workbook.xml``;
-   0 bytes is an empty file.  Each refusal is a typed error with words for a clerk, is
-   logged, and stages nothing.
+   Excel 97-2003 file; a zip must open and hold ``xl/workbook.xml``, and a member that
+   fails its CRC check as it is read is damage; 0 bytes is an empty file.  Each refusal
+   is a typed error with words for a clerk, is logged, and stages nothing.
 2. **Pre-scan the sheet XML once** (streamed, in chunks) for what openpyxl's read-only
    mode does not expose: merged ranges, formula cells without a saved value, and the last
    row that holds any value.  The last point is what keeps a sheet whose used range was
@@ -157,9 +157,7 @@ def sniff(path: str) -> str:
             names = set(z.namelist())
             if "xl/workbook.xml" not in names:
                 raise XlsxNotExcel(f"{name}: a zip archive, but not an Excel workbook")
-            bad = z.testzip()
-            if bad is not None:
-                raise XlsxDamaged(f"{name}: file is damaged or incomplete ({bad} is corrupt)")
+            # Member CRCs are checked as the members are read, not in a separate pass.
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
         raise XlsxDamaged(f"{name}: file is damaged or incomplete") from e
     return digest.hexdigest()
@@ -378,10 +376,7 @@ def _import(staging: Staging, path: str, name: str, sha: str, rules: TableRules,
         blank_rows: list[int] = []
         rows = _stage_rows(rows_iter, header_row, colmap, scan, rules, live, epoch, stats,
                            reasons, blank_rows, progress)
-        try:
-            staging.add_rows(batch_id, rows)
-        except _READ_ERRORS as e:  # the sheet's XML or zip breaks off part-way
-            raise XlsxDamaged(f"{name}: file is damaged or incomplete") from e
+        staging.add_rows(batch_id, rows)
         summary = {
             "file": name, "sha256": sha, "sheet": ws.title, "table": rules.name,
             "rows_read": stats["read"], "staged": stats["staged"], "valid": stats["valid"],
@@ -393,6 +388,10 @@ def _import(staging: Staging, path: str, name: str, sha: str, rules: TableRules,
             extra.append(f"reading stopped after {MAX_BLANK_RUN} blank rows in a row")
         staging.finish_batch(batch_id, summary, extra)
         return ImportResult(batch_id, summary)
+    except _READ_ERRORS as e:  # the sheet's XML breaks off, or a member fails its CRC
+        if batch_id is not None:
+            staging.discard_batch(batch_id)
+        raise XlsxDamaged(f"{name}: file is damaged or incomplete") from e
     except BaseException:
         if batch_id is not None:
             staging.discard_batch(batch_id)

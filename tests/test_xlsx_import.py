@@ -400,3 +400,19 @@ def test_sheet_xml_cut_off_inside_a_valid_zip_is_damaged_and_stages_nothing(env,
         stage(env, cut, "customers")
     assert env[0].batches() == []
     assert env[0].conn.execute("SELECT count(*) FROM staging_rows").fetchall()[0][0] == 0
+
+
+def test_a_member_failing_its_crc_is_damaged_and_stages_nothing(env, tmp_path):
+    p = write(tmp_path / "ok.xlsx", [["customer_id", "name"], ["C-1", "MARKERTEXT"]])
+    stored = tmp_path / "stored.xlsx"
+    with zipfile.ZipFile(p) as zin, zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            zout.writestr(item.filename, zin.read(item.filename))
+    raw = bytearray(stored.read_bytes())
+    at = raw.find(b"MARKERTEXT")
+    assert at > 0
+    raw[at] = ord("N")  # still valid XML, but no longer the bytes the CRC was made of
+    stored.write_bytes(bytes(raw))
+    with pytest.raises(X.XlsxDamaged):
+        stage(env, stored, "customers")
+    assert env[0].batches() == []

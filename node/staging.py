@@ -29,7 +29,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -166,8 +166,8 @@ def normalise_text(value: str) -> str:
     return value.strip()
 
 
-def coerce(rule: ColumnRule, value: Any, *, epoch: dt.datetime | None = None,
-           number_format: str | None = None) -> tuple[Any, str | None]:
+def coerce(rule: ColumnRule, value: Any, *,
+           epoch: dt.datetime | None = None) -> tuple[Any, str | None]:
     """Return (value for the column, note or None); raise ValueIssue if it cannot fit.
 
     ``epoch`` is the workbook's date system, used for serial numbers in date columns.
@@ -925,17 +925,6 @@ class Staging:
             " AND state IN (?, ?)", (PENDING, FAILED)).fetchall()[0]
         oldest = 0.0 if xlsx[1] is None else max(0.0, (stamp - xlsx[1]) / 1000.0)
         return {"email_pending": email, "xlsx_pending": xlsx[0], "xlsx_oldest_age_s": oldest}
-
-
-def iter_chunks(it: Iterable[Any], n: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for x in it:
-        chunk.append(x)
-        if len(chunk) >= n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 # ---------------------------------------------------------------------------------------

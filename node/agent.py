@@ -172,8 +172,12 @@ class Agent:
         await self.hub.close()
 
     def notify_write(self) -> None:
-        """A local write committed: push at once in realtime mode."""
-        if self.s.realtime:
+        """A local write committed: push at once in realtime mode.
+
+        While the hub is away the backoff decides when to try again; a busy office must
+        not turn every write into another connection attempt.
+        """
+        if self.s.realtime and self.state != "backoff":
             self._wake.set()
 
     def snapshot(self) -> dict:
@@ -279,6 +283,9 @@ class Agent:
             raise
         except SyncStopped as e:
             self._stop(e)
+            raise
+        except Resync:
+            self._hello_ok.clear()
             raise
         except ProtocolError as e:
             self._protocol_error(e)

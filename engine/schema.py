@@ -51,6 +51,17 @@ def q(name: str) -> str:
     return f'"{name}"'
 
 
+_PY_TYPES = {
+    "text": (str,),
+    "integer": (int,),
+    "real": (float, int),
+    "boolean": (bool,),
+    "date": (str,),
+    "money": (int,),
+    "blob": (bytes,),
+}
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -58,6 +69,12 @@ class Column:
     required: bool = False
     references: str | None = None
     default: object = None
+
+    def __post_init__(self):
+        # Precomputed for the replay hot path: the Python types a value may have, and
+        # whether a value of such a type still needs the full check (dates, long text).
+        object.__setattr__(self, "py_types", _PY_TYPES.get(self.type, ()))
+        object.__setattr__(self, "slow_check", self.type == "date")
 
     def check(self, value: object) -> str | None:
         """Why ``value`` does not fit this column, or None when it does."""
@@ -102,22 +119,21 @@ class Table:
     ownership: str = CREATOR  # "creator" or "parent:<column>"
     max_pk_chars: int = limits.MAX_PK_CHARS
 
-    @property
-    def parent_column(self) -> str | None:
-        return self.ownership.split(":", 1)[1] if self.ownership != CREATOR else None
-
-    @property
-    def parent_table(self) -> str | None:
-        col = self.parent_column
-        return self.columns[col].references if col else None
+    def __post_init__(self):
+        # Derived once: the replay hot path reads these for every event.
+        pcol = self.ownership.split(":", 1)[1] if self.ownership != CREATOR else None
+        cols = self.columns
+        object.__setattr__(self, "parent_column", pcol)
+        object.__setattr__(self, "parent_table", cols[pcol].references if pcol else None)
+        object.__setattr__(self, "references",
+                           {c.name: c.references for c in cols.values() if c.references})
+        object.__setattr__(self, "defaults", {n: c.default for n, c in cols.items()})
+        object.__setattr__(self, "required_columns",
+                           [c.name for c in cols.values() if c.required and c.default is None])
 
     @property
     def column_names(self) -> list[str]:
         return list(self.columns)
-
-    @property
-    def references(self) -> dict[str, str]:
-        return {c.name: c.references for c in self.columns.values() if c.references}
 
     def check_pk(self, pk: object) -> str | None:
         if not isinstance(pk, str) or not pk:
@@ -133,18 +149,26 @@ class Table:
             col = cols.get(name)
             if col is None:
                 return f"unknown column {name!r} in table {self.name!r}"
-            why = col.check(value)
-            if why:
-                return why
+            if value is None:
+                if col.required:
+                    return f"column {name!r} is required"
+                continue
+            tp = type(value)
+            if tp not in col.py_types or col.slow_check or (
+                    tp is int and not INT64[0] <= value <= INT64[1]) or (
+                    tp is str and len(value) > limits.MAX_TEXT_CHARS):
+                why = col.check(value)
+                if why:
+                    return why
         if creating:
-            for col in cols.values():
-                if col.required and col.name not in values and col.default is None:
-                    return f"column {col.name!r} is required"
+            for name in self.required_columns:
+                if name not in values:
+                    return f"column {name!r} is required"
         return None
 
     def full_row(self, values: dict) -> dict:
         """A created row: declared defaults overlaid with the create's values."""
-        row = {name: col.default for name, col in self.columns.items()}
+        row = self.defaults.copy()
         row.update(values)
         return row
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -71,7 +72,7 @@ _ev_dec = msgspec.msgpack.Decoder(AnyEvent)
 ZERO = bytes(32)
 RESEQUENCED = "resequenced"
 LOCAL = "local"
-REMOTE = "remote"
+REMOTE = None  # the journal's source for replicated events
 
 
 @dataclass
@@ -104,20 +105,27 @@ class ApplyResult:
 class _Row:
     """In-memory copy of one ``_rs_rows`` entry while an apply runs."""
 
-    __slots__ = ("live", "created", "owner0", "transfers", "ppk", "key", "dirty")
+    __slots__ = ("known", "live", "created", "owner0", "transfers", "ppk", "key", "jids",
+                 "dirty")
 
-    def __init__(self, live, created, owner0, transfers, ppk, key):
+    def __init__(self, known, live, created, owner0, transfers, ppk, key, jids):
+        self.known = known
         self.live = live
         self.created = created
         self.owner0 = owner0
         self.transfers = transfers
         self.ppk = ppk
         self.key = key
+        self.jids = jids
         self.dirty = False
 
     @property
     def owner(self):
         return self.transfers[-1][1] if self.transfers else self.owner0
+
+
+def _new_row() -> _Row:
+    return _Row(False, False, False, None, [], None, None, array("q"))
 
 
 def _pack_transfers(transfers) -> bytes | None:
@@ -132,8 +140,8 @@ def _unpack_transfers(blob) -> list:
     return [((h, n, e), o) for h, n, e, o in msgspec.msgpack.decode(blob)]
 
 
-def _chain(prev: bytes, body: bytes, source: str) -> bytes:
-    return hashlib.sha256(prev + body + source.encode()).digest()
+def _link(prev: bytes, segment: bytes) -> bytes:
+    return hashlib.sha256(prev + segment).digest()
 
 
 class Store:
@@ -427,8 +435,13 @@ class Store:
                 " ORDER BY seq", (self.node_id, old, hub_last_seq, RESEQUENCED)))
             new_events = []
             ctx = _Apply(self, f"{LOCAL}:resequenced from epoch {old}")
+            ctx._load({(_ev_dec.decode(b).table, _ev_dec.decode(b).pk) for _, b in rows})
             for i, (jid, body) in enumerate(rows, start=1):
                 ev = _ev_dec.decode(body)
+                r = ctx.rows.get((ev.table, ev.pk))
+                if r is not None and jid in r.jids:
+                    r.jids.remove(jid)
+                    r.dirty = True
                 self.conn.execute(
                     "INSERT OR REPLACE INTO _rs_status(jid, tbl, pk, status, cause)"
                     " VALUES (?,?,?,?,?)",
@@ -487,19 +500,19 @@ class Store:
 
     def _status_rows(self, where: str, args=()) -> list[dict]:
         out = []
-        for (jid, node, epoch, seq, hlc, kind, tbl, pk, user, role, admin, source, body,
+        for (jid, node, epoch, seq, hlc, kind, tbl, pk, source, body,
              status, cause, wtbl, wpk, closed_by, decision) in self.conn.execute(
-                "SELECT j.jid, j.node, j.epoch, j.seq, j.hlc, j.kind, j.tbl, j.pk, j.user, j.role,"
-                " j.admin, j.source, j.body, s.status, s.cause, s.wtbl, s.wpk, s.closed_by,"
+                "SELECT j.jid, j.node, j.epoch, j.seq, j.hlc, j.kind, j.tbl, j.pk,"
+                " j.source, j.body, s.status, s.cause, s.wtbl, s.wpk, s.closed_by,"
                 " s.decision FROM _rs_status s JOIN _rs_journal j USING (jid) WHERE " + where +
                 " ORDER BY j.node, j.epoch, j.seq", args):
             ev = _ev_dec.decode(body)
             d = {
                 "id": merge.conflict_id((node, epoch, seq)), "event": [node, epoch, seq],
-                "hlc": hlc, "kind": kind, "table": tbl, "pk": pk, "user": user, "role": role,
-                "admin": bool(admin), "node": node, "office": self.rules.acting_office(ev),
+                "hlc": hlc, "kind": kind, "table": tbl, "pk": pk, "user": ev.user,
+                "role": ev.role, "admin": ev.admin, "node": node, "office": self.rules.acting_office(ev),
                 "cause": cause, "values": dict(getattr(ev, "values", {}) or {}),
-                "jid": jid, "source": source,
+                "jid": jid, "source": source or "replicated",
             }
             if kind == TRANSFER:
                 d["owner"] = ev.owner
@@ -541,7 +554,7 @@ class Store:
             d = {"jid": jid, "event": list(ev.event_id), "hlc": ev.hlc, "kind": ev.kind,
                  "table": ev.table, "pk": ev.pk, "user": ev.user, "role": ev.role,
                  "admin": ev.admin, "node": ev.node, "office": self.rules.acting_office(ev),
-                 "source": source}
+                 "source": source or "replicated"}
             if ev.kind in (CREATE, UPDATE, RESOLVE):
                 d["values"] = dict(ev.values)
             if ev.kind == TRANSFER:
@@ -557,18 +570,29 @@ class Store:
                                " (SELECT 1 FROM _rs_status s WHERE s.jid=j.jid)")
 
     def verify_audit(self) -> bool:
-        """Recompute the journal's hash chain; False if any row was altered or removed."""
+        """Recompute the journal's hash chain; False if any row was altered or removed.
+
+        Each apply's last journal row holds ``sha256(previous link + sha256(the apply's
+        event bytes and sources))``; rows in between hold NULL.
+        """
         prev = ZERO
+        seg = hashlib.sha256()
         expect_jid = None
+        open_segment = False
         for jid, body, source, chain in self.conn.execute(
                 "SELECT jid, body, source, chain FROM _rs_journal ORDER BY jid"):
             if expect_jid is not None and jid != expect_jid:
                 return False
-            if _chain(prev, body, source) != chain:
-                return False
-            prev = chain
+            seg.update(body + (source or "").encode())
+            open_segment = True
+            if chain is not None:
+                if _link(prev, seg.digest()) != chain:
+                    return False
+                prev = chain
+                seg = hashlib.sha256()
+                open_segment = False
             expect_jid = jid + 1
-        return True
+        return not open_segment
 
     def digests(self) -> dict:
         """Deterministic digests: equal on two replicas that hold the same events."""
@@ -660,9 +684,9 @@ def _ensure_tables(conn, schema: Schema) -> None:
 
 
 class _Apply:
-    """One apply inside an open transaction: ingest events, then ``finish``."""
+    """One apply inside an open transaction: ``ingest`` events, then ``finish``."""
 
-    def __init__(self, store: Store, source: str):
+    def __init__(self, store: Store, source: str | None):
         self.s = store
         self.conn = store.conn
         self.schema = store.schema
@@ -673,45 +697,44 @@ class _Apply:
         self.slow: set[tuple[str, str]] = set()
         self.touched: set[tuple[str, str]] = set()
         self.new_origins: set[tuple[str, int]] = set()
-        self.ids: dict = {}
+        self.jid_range: tuple[int | None, int] = (None, 0)
+        self.pend: dict[tuple[str, str], list] = {}  # row -> [in_table, live, full, changes]
 
-    # -- loading row summaries
+    # -- row summaries
 
-    def _load(self, keys: set[tuple[str, str]]) -> None:
+    def _load(self, keys) -> None:
         want: dict[str, list[str]] = {}
+        rows = self.rows
         for k in keys:
-            if k not in self.rows:
+            if k not in rows:
                 want.setdefault(k[0], []).append(k[1])
+        tables = self.schema.tables
         while want:
             nxt: dict[str, list[str]] = {}
             for tbl, pks in want.items():
                 for pk in pks:
-                    self.rows[(tbl, pk)] = None
-                for pk, live, created, owner0, tr, ppk, mh, mn, me in self.conn.execute(
-                        "SELECT pk, live, created, owner0, transfers, ppk, mh, mn, me FROM _rs_rows"
-                        " WHERE tbl=? AND pk IN (SELECT value FROM json_each(?))",
+                    rows[(tbl, pk)] = None
+                t = tables.get(tbl)
+                ptbl = t.parent_table if t is not None else None
+                for pk, known, live, created, owner0, tr, ppk, mh, mn, me, jids in self.conn.execute(
+                        "SELECT pk, known, live, created, owner0, transfers, ppk, mh, mn, me, jids"
+                        " FROM _rs_rows WHERE tbl=? AND pk IN (SELECT value FROM json_each(?))",
                         (tbl, json.dumps(pks))):
-                    self.rows[(tbl, pk)] = _Row(bool(live), bool(created), owner0,
-                                                _unpack_transfers(tr), ppk, (mh, mn, me))
-                    t = self.schema.tables.get(tbl)
-                    if ppk is not None and t is not None and t.parent_table:
-                        pk2 = (t.parent_table, ppk)
-                        if pk2 not in self.rows:
-                            nxt.setdefault(pk2[0], []).append(ppk)
+                    a = array("q")
+                    a.frombytes(jids)
+                    rows[(tbl, pk)] = _Row(bool(known), bool(live), bool(created), owner0,
+                                           _unpack_transfers(tr), ppk,
+                                           (mh, mn, me) if mh is not None else None, a)
+                    if ppk is not None and ptbl and (ptbl, ppk) not in rows:
+                        nxt.setdefault(ptbl, []).append(ppk)
             want = nxt
-
-    def _known(self, tbl: str, pk: str) -> bool:
-        key = (tbl, pk)
-        if key not in self.rows:
-            self._load({key})
-        return self.rows[key] is not None
 
     def owner_at(self, tbl: str, pk: str, k) -> str | None:
         key = (tbl, pk)
         if key not in self.rows:
-            self._load({key})
+            self._load((key,))
         r = self.rows[key]
-        if r is None:
+        if r is None or not r.known:
             return None
         t = self.schema.tables[tbl]
         if t.parent_table:
@@ -730,120 +753,86 @@ class _Apply:
         res.duplicates += len(events) - len(fresh)
         if not fresh:
             return
-        top = _first(conn, "SELECT jid, chain FROM _rs_journal ORDER BY jid DESC LIMIT 1")
-        jid, prev = top if top else (0, ZERO)
         schema = self.schema
         tables = schema.tables
-        src = self.source
-        src_b = src.encode()
-        sha = hashlib.sha256
-        enc = _enc.encode
-        journal = []
-        ids = {}
-        ok_events = []
-        statuses = []
-        need: set[tuple[str, str]] = set()
-        static = merge.static_verdict
+        need = set()
         for ev in fresh:
-            jid += 1
-            body = enc(ev)
-            prev = sha(prev + body + src_b).digest()
-            journal.append((jid, ev.node, ev.epoch, ev.seq, ev.hlc, ev.kind, ev.table, ev.pk,
-                            ev.user, ev.role, ev.admin, src, body, prev))
-            ids[ev.event_id] = jid
-            self.new_origins.add((ev.node, ev.epoch))
-            self.touched.add((ev.table, ev.pk))  # a parked resolve may wait for this event
-            v = static(ev, schema)
-            if v is not None:
-                statuses.append((jid, ev.table, ev.pk, v.status, v.cause, None, None))
-                res.parked += 1
-                continue
-            ok_events.append((jid, ev))
-            t = tables[ev.table]
             need.add((ev.table, ev.pk))
-            if t.references and ev.kind in (CREATE, UPDATE, RESOLVE):
+            t = tables.get(ev.table)
+            if t is not None and t.references and ev.kind != DELETE and ev.kind != TRANSFER:
                 need.update(merge.ref_waits(ev, t))
-        conn.executemany("INSERT INTO _rs_journal VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", journal)
-        self.ids.update(ids)
         self._load(need)
-        self._fast(ok_events, statuses)
-
-    def _dedup(self, events: list) -> list:
-        conn = self.conn
-        by_origin: dict[tuple[str, int], list] = {}
-        for ev in events:
-            by_origin.setdefault((ev.node, ev.epoch), []).append(ev)
-        fresh = []
-        seen = set()
-        for (node, epoch), evs in by_origin.items():
-            contig = _one(conn, "SELECT contiguous FROM _rs_origins WHERE node=? AND epoch=?",
-                          (node, epoch)) or 0
-            above = [e.seq for e in evs if e.seq > contig]
-            held = set()
-            if above:
-                held = {r[0] for r in conn.execute(
-                    "SELECT seq FROM _rs_journal WHERE node=? AND epoch=? AND seq BETWEEN ? AND ?",
-                    (node, epoch, min(above), max(above)))}
-            for e in evs:
-                if e.seq <= contig or e.seq in held or e.seq in seen:
-                    continue
-                seen.add(e.seq)
-                fresh.append(e)
-            seen.clear()
-        if len(by_origin) > 1:
-            order = {id(e): i for i, e in enumerate(events)}
-            fresh.sort(key=lambda e: order[id(e)])
-        return fresh
-
-    def _fast(self, ok_events: list, statuses: list) -> None:
+        top = _first(conn, "SELECT jid, chain FROM _rs_journal ORDER BY jid DESC LIMIT 1")
+        jid, prev = top if top else (0, ZERO)  # the last row of every apply holds its link
+        first_jid = jid + 1
+        src = self.source
+        src_b = (src or "").encode()
+        seg = hashlib.sha256()
+        enc = _enc.encode
+        static = merge.static_verdict
         rules = self.rules
-        tables = self.schema.tables
         rows = self.rows
         slow = self.slow
         touched = self.touched
-        res = self.result
-        pend: dict[tuple[str, str], list] = {}  # row -> [in_table, live, full, changes]
+        pend = self.pend
         judge = merge.judge
-        for jid, ev in ok_events:
-            key = (ev.table, ev.pk)
-            touched.add(key)
+        origins = self.new_origins
+        journal = []
+        statuses = []
+        for ev in fresh:
+            jid += 1
+            body = enc(ev)
+            seg.update(body + src_b if src_b else body)
+            kind = ev.kind
+            tbl = ev.table
+            key = (tbl, ev.pk)
+            journal.append((jid, ev.node, ev.epoch, ev.seq, ev.hlc, kind, tbl, ev.pk, src, body,
+                            None))
+            origins.add((ev.node, ev.epoch))
+            touched.add(key)  # a parked resolve may wait for this very event
+            r = rows.get(key)
+            if r is None:
+                r = rows[key] = _new_row()
+            r.jids.append(jid)
+            r.dirty = True
+            v = static(ev, schema)
+            if v is not None:
+                statuses.append((jid, tbl, ev.pk, v.status, v.cause, None, None))
+                continue
             if key in slow:
                 continue
-            kind = ev.kind
             if kind == TRANSFER or kind == RESOLVE:
                 slow.add(key)
                 continue
-            t = tables[ev.table]
+            t = tables[tbl]
             if t.references and kind != DELETE:
                 missing = None
                 for ref in merge.ref_waits(ev, t):
-                    if rows.get(ref) is None:
+                    rr = rows.get(ref)
+                    if rr is None or not rr.known:
                         missing = ref
                         break
                 if missing is not None:
-                    statuses.append((jid, ev.table, ev.pk, merge.PARKED,
+                    statuses.append((jid, tbl, ev.pk, merge.PARKED,
                                      f"{merge.MISSING_REF}: {missing[0]} {missing[1]!r}",
                                      missing[0], missing[1]))
-                    res.parked += 1
                     continue
-            r = rows.get(key)
             k = (ev.hlc, ev.node, ev.epoch)
             pcol = t.parent_column
-            if r is None:
+            if not r.known:
                 if kind != CREATE:
-                    statuses.append((jid, ev.table, ev.pk, merge.PARKED, merge.ROW_NOT_KNOWN,
-                                     ev.table, ev.pk))
-                    res.parked += 1
+                    statuses.append((jid, tbl, ev.pk, merge.PARKED, merge.ROW_NOT_KNOWN, tbl,
+                                     ev.pk))
                     continue
+                r.known = True
                 if pcol:
-                    ppk = ev.values[pcol]
-                    owner = self.owner_at(t.parent_table, ppk, k)
-                    r = _Row(False, False, None, [], ppk, k)
+                    r.ppk = ev.values[pcol]
+                    owner = self.owner_at(t.parent_table, r.ppk, k)
                 else:
-                    owner = rules.acting_office(ev)
-                    r = _Row(False, False, owner, [], None, k)
-                rows[key] = r
-                p = pend[key] = [False, False, False, {}]
+                    owner = r.owner0 = rules.acting_office(ev)
+                p = pend.get(key)
+                if p is None:
+                    p = pend[key] = [False, False, False, {}]
             else:
                 if k <= r.key:
                     slow.add(key)
@@ -856,13 +845,9 @@ class _Apply:
             v = judge(kind, authorised=rules.authorised(ev, owner), live=r.live,
                       created_before=r.created, parent_ok=pok)
             r.key = k
-            r.dirty = True
             if not v.accepted:
-                statuses.append((jid, ev.table, ev.pk, v.status, v.cause, None, None))
-                res.conflicts += 1
-                res.conflict_ids.append(merge.conflict_id(ev.event_id))
+                statuses.append((jid, tbl, ev.pk, v.status, v.cause, None, None))
                 continue
-            res.applied += 1
             if kind == CREATE:
                 r.live = r.created = True
                 p[1] = p[2] = True
@@ -873,12 +858,57 @@ class _Apply:
                 r.live = False
                 p[1] = p[2] = False
                 p[3] = {}
+        # One chain link per apply: the hash of the previous link and of this apply's events.
+        journal[-1] = (*journal[-1][:-1], _link(prev, seg.digest()))
+        self.jid_range = (self.jid_range[0] or first_jid, jid)
+        conn.executemany("INSERT INTO _rs_journal VALUES (?,?,?,?,?,?,?,?,?,?,?)", journal)
         if statuses:
-            self.conn.executemany(
+            conn.executemany(
                 "INSERT OR REPLACE INTO _rs_status(jid, tbl, pk, status, cause, wtbl, wpk)"
                 " VALUES (?,?,?,?,?,?,?)", statuses)
-        self._write_pending(pend)
-        self._write_rows()
+
+    def _dedup(self, events: list) -> list:
+        conn = self.conn
+        by_origin: dict[tuple[str, int], list] = {}
+        for ev in events:
+            by_origin.setdefault((ev.node, ev.epoch), []).append(ev)
+        fresh = []
+        for (node, epoch), evs in by_origin.items():
+            contig = _one(conn, "SELECT contiguous FROM _rs_origins WHERE node=? AND epoch=?",
+                          (node, epoch)) or 0
+            above = [e.seq for e in evs if e.seq > contig]
+            held = set()
+            if above:
+                held = {r[0] for r in conn.execute(
+                    "SELECT seq FROM _rs_journal WHERE node=? AND epoch=? AND seq BETWEEN ? AND ?",
+                    (node, epoch, min(above), max(above)))}
+            for e in evs:
+                if e.seq <= contig or e.seq in held:
+                    continue
+                held.add(e.seq)
+                fresh.append(e)
+        if len(by_origin) > 1:
+            order = {id(e): i for i, e in enumerate(events)}
+            fresh.sort(key=lambda e: order[id(e)])
+        return fresh
+
+    def _flush(self) -> None:
+        """Write the fast path's gathered row effects and the dirty row summaries."""
+        pend = self.pend
+        if pend:
+            self._write_pending(pend)
+            self.pend = {}
+        params = []
+        for (tbl, pk), r in self.rows.items():
+            if r is not None and r.dirty:
+                key = r.key or (None, None, None)
+                params.append((tbl, pk, r.known, r.live, r.created, r.owner0,
+                               _pack_transfers(r.transfers), r.ppk, *key, r.jids.tobytes()))
+                r.dirty = False
+        if params:
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO _rs_rows(tbl, pk, known, live, created, owner0,"
+                " transfers, ppk, mh, mn, me, jids) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", params)
 
     def _write_pending(self, pend: dict) -> None:
         conn = self.conn
@@ -908,31 +938,17 @@ class _Apply:
             sets = ", ".join(f"{q(c)}=?" for c in cols)
             conn.executemany(f"UPDATE {q(tbl)} SET {sets} WHERE {q(t.primary_key)}=?", params)
 
-    def _write_rows(self) -> None:
-        params = []
-        for (tbl, pk), r in self.rows.items():
-            if r is not None and r.dirty:
-                params.append((tbl, pk, r.live, r.created, r.owner0,
-                               _pack_transfers(r.transfers), r.ppk, *r.key))
-                r.dirty = False
-        if params:
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO _rs_rows(tbl, pk, live, created, owner0, transfers, ppk,"
-                " mh, mn, me) VALUES (?,?,?,?,?,?,?,?,?,?)", params)
-
     # -- finish: recompute, retry parked, version vector
 
     def finish(self) -> None:
+        self._flush()
         conn = self.conn
         done: set[tuple[str, str]] = set()
-        queue = list(self.slow)
         newly_known: set[tuple[str, str]] = set()
-        self._run(queue, done, newly_known)
+        self._run(list(self.slow), done, newly_known)
         pending = set(self.touched) | done
-        rounds = 0
         while pending and _one(conn, "SELECT EXISTS(SELECT 1 FROM _rs_status"
                                      " WHERE wtbl IS NOT NULL)"):
-            rounds += 1
             retry = [tuple(r) for r in conn.execute(
                 "SELECT DISTINCT tbl, pk FROM _rs_status WHERE wtbl IS NOT NULL AND"
                 " (wtbl, wpk) IN (SELECT value->>0, value->>1 FROM json_each(?))",
@@ -948,9 +964,9 @@ class _Apply:
     def _count(self) -> None:
         """Final verdicts of this apply's new events (after recomputes and retries)."""
         res = self.result
-        if not getattr(self, "ids", None):
+        lo, hi = self.jid_range
+        if lo is None:
             return
-        lo, hi = min(self.ids.values()), max(self.ids.values())
         counts = dict(self.conn.execute(
             "SELECT status, count(*) FROM _rs_status WHERE jid BETWEEN ? AND ? GROUP BY status",
             (lo, hi)))
@@ -975,7 +991,8 @@ class _Apply:
             if owners_changed:
                 for child in self.schema.children_of(key[0]):
                     for (cpk,) in self.conn.execute(
-                            "SELECT pk FROM _rs_rows WHERE ppk=? AND tbl=?", (key[1], child.name)):
+                            "SELECT pk FROM _rs_rows WHERE ppk=? AND tbl=? AND known",
+                            (key[1], child.name)):
                         done.discard((child.name, cpk))
                         queue.append((child.name, cpk))
 
@@ -985,17 +1002,20 @@ class _Apply:
         t = self.schema.tables.get(tbl)
         if t is None:
             return (False, False, False)
+        old = _first(conn, "SELECT known, owner0, transfers, jids FROM _rs_rows"
+                           " WHERE tbl=? AND pk=?", key)
+        if old is None:
+            return (False, False, False)
+        jids = array("q")
+        jids.frombytes(old[3])
         events = []
-        jids = {}
+        by_id = {}
         for jid, body in conn.execute(
-                "SELECT jid, body FROM _rs_journal j WHERE tbl=? AND pk=? AND NOT EXISTS"
-                " (SELECT 1 FROM _rs_status s WHERE s.jid=j.jid AND s.status=?)",
-                (tbl, pk, RESEQUENCED)):
+                "SELECT jid, body FROM _rs_journal WHERE jid IN (SELECT value FROM json_each(?))",
+                (json.dumps(jids.tolist()),)):
             ev = _ev_dec.decode(body)
             events.append(ev)
-            jids[ev.event_id] = jid
-        old = _first(conn, "SELECT live, owner0, transfers FROM _rs_rows WHERE tbl=? AND pk=?",
-                     key)
+            by_id[ev.event_id] = jid
         out = merge.fold_row(t, pk, events, self.rules, self._known_db, self._owner_db)
         conn.execute("DELETE FROM _rs_status WHERE tbl=? AND pk=? AND status != ?",
                      (tbl, pk, RESEQUENCED))
@@ -1004,7 +1024,7 @@ class _Apply:
             if v.accepted:
                 continue
             closed = out.closed.get(eid)
-            st.append((jids[eid], tbl, pk, v.status, v.cause,
+            st.append((by_id[eid], tbl, pk, v.status, v.cause,
                        v.wait[0] if v.wait else None, v.wait[1] if v.wait else None,
                        merge.conflict_id(closed[0]) if closed else None,
                        closed[1] if closed else None))
@@ -1026,27 +1046,23 @@ class _Apply:
             conn.execute(f"DELETE FROM {q(tbl)} WHERE {q(t.primary_key)}=?", (pk,))
         created = any(v.accepted and ev.kind == CREATE
                       for ev in events for v in [out.verdicts.get(ev.event_id)] if v)
-        if out.known:
-            r = _Row(out.live, created, out.owner0, out.transfers, out.ppk, out.max_key)
-            conn.execute(
-                "INSERT OR REPLACE INTO _rs_rows(tbl, pk, live, created, owner0, transfers, ppk,"
-                " mh, mn, me) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (tbl, pk, r.live, r.created, r.owner0, _pack_transfers(r.transfers), r.ppk,
-                 *r.key))
-        else:
-            r = None
-            conn.execute("DELETE FROM _rs_rows WHERE tbl=? AND pk=?", key)
+        r = _Row(out.known, out.live, created, out.owner0, out.transfers, out.ppk,
+                 out.max_key, jids)
+        conn.execute(
+            "INSERT OR REPLACE INTO _rs_rows(tbl, pk, known, live, created, owner0, transfers,"
+            " ppk, mh, mn, me, jids) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (tbl, pk, r.known, r.live, r.created, r.owner0, _pack_transfers(r.transfers), r.ppk,
+             *(r.key or (None, None, None)), jids.tobytes()))
         self.rows[key] = r
-        new_owners = (out.owner0, _pack_transfers(out.transfers))
-        owners_changed = old is None or (old[1], old[2]) != new_owners
-        return (old is not None, out.known, owners_changed and out.known)
+        owners_changed = (old[1], old[2]) != (out.owner0, _pack_transfers(out.transfers))
+        return (bool(old[0]), out.known, out.known and (owners_changed or not old[0]))
 
     def _known_db(self, tbl: str, pk: str) -> bool:
-        return _one(self.conn, "SELECT 1 FROM _rs_rows WHERE tbl=? AND pk=?", (tbl, pk)) is not None
+        return bool(_one(self.conn, "SELECT known FROM _rs_rows WHERE tbl=? AND pk=?", (tbl, pk)))
 
     def _owner_db(self, tbl: str, pk: str, k) -> str | None:
-        r = _first(self.conn, "SELECT owner0, transfers, ppk FROM _rs_rows WHERE tbl=? AND pk=?",
-                   (tbl, pk))
+        r = _first(self.conn, "SELECT owner0, transfers, ppk FROM _rs_rows WHERE tbl=? AND pk=?"
+                              " AND known", (tbl, pk))
         if r is None:
             return None
         t = self.schema.tables[tbl]

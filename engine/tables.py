@@ -1,14 +1,17 @@
 """The engine's own tables (prefix ``_rs_``) and the migrations that create them.
 
-* ``_rs_journal``: every event held, in arrival order.  Append-only, enforced by triggers
-  that raise on UPDATE and DELETE, and hash-chained (each row's ``chain`` is the SHA-256 of
-  the previous chain, the event bytes and the source), so it doubles as the audit trail:
+* ``_rs_journal``: every event held, in arrival order (``source`` NULL: replicated).  Append-only, enforced by triggers
+  that raise on UPDATE and DELETE, and hash-chained (the last row of each apply holds
+  ``chain``: SHA-256 of the previous link and of the apply's event bytes and sources;
+  rows in between hold NULL), so it doubles as the audit trail:
   an accepted change is a journal row with no ``_rs_status`` row.
 * ``_rs_status``: the verdict of every event that is *not* an accepted change (conflict,
   parked, rejected, resequenced), with its cause.  Derived data: a row's recompute rewrites
   the statuses of its events.
-* ``_rs_rows``: per replicated row, what the fast path needs: live, created, the owner
-  history, the parent key, and the greatest order key of its judged events.
+* ``_rs_rows``: per row that any held event names: whether it is known (has a create),
+  live, created, the owner history, the parent key, the greatest order key of its judged
+  events, and the journal ids of all its events (``jids``, packed int64: the row's own
+  index into the journal, cheaper than a second journal index).
 * ``_rs_origins``: per origin (node, epoch): highest contiguous sequence held (the version
   vector) and, for this node's own origins, the highest sequence the hub acknowledged.
 * ``_rs_cursors``: named delivery cursors, moved in the same transaction as their apply.
@@ -32,10 +35,8 @@ def _m0001_engine(conn: apsw.Connection) -> None:
             jid INTEGER PRIMARY KEY,
             node TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
             hlc INTEGER NOT NULL, kind TEXT NOT NULL, tbl TEXT NOT NULL, pk TEXT NOT NULL,
-            user TEXT NOT NULL, role TEXT NOT NULL, admin INTEGER NOT NULL,
-            source TEXT NOT NULL, body BLOB NOT NULL, chain BLOB NOT NULL);
+            source TEXT, body BLOB NOT NULL, chain BLOB);
         CREATE UNIQUE INDEX _rs_journal_id ON _rs_journal(node, epoch, seq);
-        CREATE INDEX _rs_journal_row ON _rs_journal(tbl, pk);
         CREATE TRIGGER _rs_journal_no_update BEFORE UPDATE ON _rs_journal
             BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
         CREATE TRIGGER _rs_journal_no_delete BEFORE DELETE ON _rs_journal
@@ -48,9 +49,9 @@ def _m0001_engine(conn: apsw.Connection) -> None:
         CREATE INDEX _rs_status_wait ON _rs_status(wtbl, wpk) WHERE wtbl IS NOT NULL;
         CREATE INDEX _rs_status_kind ON _rs_status(status);
         CREATE TABLE _rs_rows (
-            tbl TEXT NOT NULL, pk TEXT NOT NULL, live INTEGER NOT NULL,
+            tbl TEXT NOT NULL, pk TEXT NOT NULL, known INTEGER NOT NULL, live INTEGER NOT NULL,
             created INTEGER NOT NULL, owner0 TEXT, transfers BLOB, ppk TEXT,
-            mh INTEGER NOT NULL, mn TEXT NOT NULL, me INTEGER NOT NULL,
+            mh INTEGER, mn TEXT, me INTEGER, jids BLOB NOT NULL,
             PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
         CREATE INDEX _rs_rows_parent ON _rs_rows(ppk, tbl) WHERE ppk IS NOT NULL;
         CREATE TABLE _rs_origins (

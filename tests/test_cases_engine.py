@@ -273,7 +273,7 @@ def test_c13_audit_commits_with_the_change_once_and_never_changes(stores):
     again = north.apply_remote([e1, e2, e3], now_ms=NOW)
     assert again.duplicates == 3 and north.audit_count() == before + 2
     rows = list(north.conn.execute("SELECT * FROM _rs_journal ORDER BY jid"))
-    for sql in ("UPDATE _rs_journal SET user='mallory'", "DELETE FROM _rs_journal"):
+    for sql in ("UPDATE _rs_journal SET pk='mallory'", "DELETE FROM _rs_journal"):
         with pytest.raises(Exception, match="append-only"):
             north.conn.execute(sql)
     assert list(north.conn.execute("SELECT * FROM _rs_journal ORDER BY jid")) == rows

@@ -71,6 +71,7 @@ _enc = msgspec.msgpack.Encoder()
 _ev_dec = msgspec.msgpack.Decoder(AnyEvent)
 ZERO = bytes(32)
 RESEQUENCED = "resequenced"
+VALUED = frozenset((CREATE, UPDATE, RESOLVE))
 LOCAL = "local"
 REMOTE = None  # the journal's source for replicated events
 
@@ -770,6 +771,7 @@ class _Apply:
         seg = hashlib.sha256()
         enc = _enc.encode
         static = merge.static_verdict
+        version = schema.version
         rules = self.rules
         rows = self.rows
         slow = self.slow
@@ -795,8 +797,11 @@ class _Apply:
                 r = rows[key] = _new_row()
             r.jids.append(jid)
             r.dirty = True
-            v = static(ev, schema)
-            if v is not None:
+            t = tables.get(tbl)
+            # The common case inline; static() gives the cause when anything is off.
+            if (t is None or ev.schema > version or len(ev.pk) > t.max_pk_chars or (
+                    kind in VALUED and t.check_values(ev.values, creating=kind == CREATE))):
+                v = static(ev, schema)
                 statuses.append((jid, tbl, ev.pk, v.status, v.cause, None, None))
                 continue
             if key in slow:
@@ -804,7 +809,6 @@ class _Apply:
             if kind == TRANSFER or kind == RESOLVE:
                 slow.add(key)
                 continue
-            t = tables[tbl]
             if t.references and kind != DELETE:
                 missing = None
                 for ref in merge.ref_waits(ev, t):
@@ -899,11 +903,13 @@ class _Apply:
             self._write_pending(pend)
             self.pend = {}
         params = []
+        none3 = (None, None, None)
         for (tbl, pk), r in self.rows.items():
             if r is not None and r.dirty:
-                key = r.key or (None, None, None)
+                key = r.key or none3
                 params.append((tbl, pk, r.known, r.live, r.created, r.owner0,
-                               _pack_transfers(r.transfers), r.ppk, *key, r.jids.tobytes()))
+                               _pack_transfers(r.transfers) if r.transfers else None, r.ppk,
+                               key[0], key[1], key[2], r.jids.tobytes()))
                 r.dirty = False
         if params:
             self.conn.executemany(

@@ -33,6 +33,7 @@ import asyncio
 import logging
 import os
 import random
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +112,11 @@ def _retrieve(fut: asyncio.Future) -> None:
         fut.exception()
 
 
+def new_epoch() -> int:
+    """A random node epoch: 62 bits, never 0, so two epochs of one node never collide."""
+    return secrets.randbits(62) | 1
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -152,6 +158,8 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self._pull_override: tuple[int, int] | None = None
         self.batch_max = settings.batch_max_events
+        self.may_renew_epoch = True  # until the first local write or completed hello
+        self.renewed_epoch: tuple[int, int] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -177,6 +185,7 @@ class Agent:
         While the hub is away the backoff decides when to try again; a busy office must
         not turn every write into another connection attempt.
         """
+        self.may_renew_epoch = False
         if self.s.realtime and self.state != "backoff":
             self._wake.set()
 
@@ -375,6 +384,7 @@ class Agent:
         else:
             self._pull_override = None
         self.cursor = self._pull_override or (cur[0], cur[1])
+        self.may_renew_epoch = False
         self._hello_ok.set()
         return reply
 
@@ -414,8 +424,9 @@ class Agent:
         """Bring the push chain in line with what the hub holds of this epoch (db thread).
 
         Raises:
-            SyncStopped: the hub holds batches of this epoch that this node never made or
-            other bytes under the same number (a fork).
+            SyncStopped: the hub holds more of this epoch than this database knows (it was
+            put back from a copy) after local writes were already taken, so a new epoch
+            can no longer be started safely; or other bytes under the same number.
         """
         epoch, n, h = self._chain()
         hub_n = held.batches if held else 0
@@ -431,31 +442,41 @@ class Agent:
             if batch.n == hub_n + 1 and batch.prev == hub_hash:
                 return  # the hub still waits for exactly these bytes; resend them
             if batch.n <= hub_n:
-                raise SyncStopped(
-                    "SEQUENCE_FORK",
-                    f"the hub holds batch {batch.n} of {self.s.node_id}/{epoch} with other bytes",
-                    "this node's database is older than what the hub holds; restore it with "
-                    "`riversync restore`, which starts a new node epoch",
-                )
+                self._behind(epoch, hub_n, hub_seq, f"batch {batch.n} differs from the hub's")
+                return
             # The hub lost batches it had acknowledged (restored): rebuild from what it holds.
             self.store.meta_set(META_PENDING, "")
-        if n > hub_n or (n == hub_n and h != hub_hash and hub_n > 0):
-            if n == hub_n:
-                raise SyncStopped(
-                    "SEQUENCE_FORK",
-                    f"the hub's batch {hub_n} of {self.s.node_id}/{epoch} differs from this node's",
-                    "restore this node with `riversync restore`, which starts a new node epoch",
-                )
+        if n < hub_n or (n == hub_n and h != hub_hash and hub_n > 0):
+            self._behind(epoch, hub_n, hub_seq, f"this node knows {n} of the hub's {hub_n} batches")
+        elif n > hub_n:
             # Hub restored from an older backup: re-push everything after what it holds.
             self._unack(epoch, hub_seq)
             self._set_chain(epoch, hub_n, hub_hash)
-        elif n < hub_n:
+
+    def _behind(self, epoch: int, hub_n: int, hub_seq: int, what: str) -> None:
+        """The database is older than the hub's record of this epoch (put back from a copy).
+
+        Before any local write, that is exactly a restore: start a new epoch (own events
+        the hub never got move into it) and pull the rest back.  After local writes, new
+        events may already reuse numbers the hub holds, so replication stops instead.
+
+        Raises:
+            SyncStopped: local writes were taken before the mismatch was seen.
+        """
+        if not self.may_renew_epoch:
             raise SyncStopped(
                 "SEQUENCE_FORK",
-                f"the hub holds {hub_n} batches of {self.s.node_id}/{epoch}, this node knows {n}",
-                "this node's database is older than the hub's record of it; restore it with "
-                "`riversync restore`, which starts a new node epoch",
+                f"{self.s.node_id}/{epoch}: {what}; this database is older than the hub's record",
+                "restore this node with `riversync restore` from its newest backup, which "
+                "starts a new node epoch",
             )
+        new = new_epoch()
+        self.store.start_new_epoch(new, hub_seq)
+        self.store.meta_set(META_PENDING, "")
+        self.store.meta_set(META_CHAIN, "")
+        self.renewed_epoch = (epoch, new)
+        log.warning("node %s: %s; the database was put back from a copy: started node epoch %d "
+                    "(was %d) and pulls its own events back", self.s.node_id, what, new, epoch)
 
     def _unack(self, epoch: int, last_seq: int) -> None:
         """Make events after ``last_seq`` unacknowledged again, so they are pushed again.

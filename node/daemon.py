@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import secrets
 import signal
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from riversync.config import NodeConfig
 
 from . import backup as backups
 from . import errors as E
-from .agent import Agent, AgentSettings
+from .agent import Agent, AgentSettings, new_epoch
 from .api import CTX_KEY, add_routes, error_middleware
 from .auth import Caller
 from .db import DbThread
@@ -43,11 +42,6 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024  # local API bodies (staging uploads includ
 
 class NodeLocked(Exception):
     """Another process holds this node's database."""
-
-
-def new_epoch() -> int:
-    """A random node epoch: 62 bits, never 0, so two epochs of one node never collide."""
-    return secrets.randbits(62) | 1
 
 
 def schema_path_for(cfg: NodeConfig, override: Path | None = None) -> Path:

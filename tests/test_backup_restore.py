@@ -208,3 +208,33 @@ def test_c19_backup_and_restore_with_the_node_stopped_and_the_hub_away(cluster):
     assert new[0]["events"][0]["seq"] == 1
     c.wait_for("convergence", c.converged, WAIT)
     assert {"B-1", "A-1", "N-0"} <= ids(c, "north") == ids(c, "south")
+
+
+def test_a_database_put_back_by_hand_starts_a_new_epoch_before_any_write(cluster):
+    """Not `riversync restore` but a file copied back: the hub holds more of the node's
+    epoch than the file does.  At start, before the API takes a write, the node starts a
+    new epoch itself and pulls its own events back, instead of forking."""
+    c = cluster
+    cfg = str(c.node_configs["north"])
+    add(c, "north", "B-", 2)
+    c.wait_for("north to drain", lambda: drained(c, "north"), WAIT)
+    old_epoch = c.status("north")["epoch"]
+    c.stop("north")
+    copy = Path(run("backup", "-c", cfg)["path"])
+    c.start("north")
+    add(c, "north", "A-", 3)
+    c.wait_for("north to drain", lambda: drained(c, "north"), WAIT)
+    c.stop("north")
+    db = c.node_config("north").db_path
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    shutil.copyfile(copy, db)
+    c.start("north")
+    st = c.status("north")
+    assert st["epoch"] != old_epoch and st["agent"]["error"] is None
+    c.wait_for("north's own events back", lambda: {"A-0", "A-2"} <= ids(c, "north"), WAIT)
+    new = add(c, "north", "N-", 1)
+    assert new[0]["events"][0]["epoch"] == st["epoch"] and new[0]["events"][0]["seq"] == 1
+    c.wait_for("convergence", c.converged, WAIT)
+    assert ids(c, "north") == ids(c, "south")
+    assert c.status("north")["level"] == "ok"

@@ -374,8 +374,19 @@ def check_row(rules: TableRules, raw: dict[str, Any], row: StagedRow, *,
             if col.required and not _has_error(row, name):
                 row.error(name, f"{name} required")
             continue
+        v = raw[name]
+        vt = type(v)
+        if vt is str and col.type == "text" and not col.pattern:  # most cells: inline
+            v = v.strip()
+            values[name] = v or None
+            if not v and col.required:
+                row.error(name, f"{name} required")
+            continue
+        if vt is int and col.type == "integer":
+            values[name] = v
+            continue
         try:
-            value, note = coerce(col, raw[name], epoch=epoch)
+            value, note = coerce(col, v, epoch=epoch)
             if col.pattern:
                 check_pattern(col, value)
         except ValueIssue as e:

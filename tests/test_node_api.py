@@ -185,3 +185,44 @@ def test_web_ui_is_served_without_a_token_and_reads_with_one(cluster):
         js_text = r.read().decode()
     for path in ("/v1/status", "/v1/conflicts", "/v1/staging", "/v1/tables/"):
         assert path in js_text
+
+
+def test_keep_and_merge_decisions_replicate_and_a_closed_conflict_is_refused(cluster):
+    c = cluster
+    south = c.client("south", "south-clerk")
+    for pk in ("P-K", "P-M"):
+        south.post("/v1/tables/players/rows", {"pk": pk, "values": {"full_name": pk}})
+    c.wait_for("both at north", lambda: all(
+        c.client("north").get("/v1/tables/players/rows?limit=1000")["rows"]
+        and _has(c, "north", pk) for pk in ("P-K", "P-M")), 30)
+    c.stop("hub")
+    try:
+        admin = c.client("north", "admin")
+        for pk in ("P-K", "P-M"):
+            admin.post(f"/v1/tables/players/rows/{pk}/transfer", {"owner": "north", "admin": True})
+            south.request("PATCH", f"/v1/tables/players/rows/{pk}", {"values": {"phone": "1"}})
+    finally:
+        c.start("hub")
+    ops = c.client("north")
+    c.wait_for("two conflicts at north", lambda: len(ops.get("/v1/conflicts")["conflicts"]) == 2,
+               30)
+    by_pk = {x["pk"]: x["id"] for x in ops.get("/v1/conflicts")["conflicts"]}
+    ops.post(f"/v1/conflicts/{by_pk['P-K']}/resolve", {"decision": "keep"})
+    ops.post(f"/v1/conflicts/{by_pk['P-M']}/resolve",
+             {"decision": "merge", "values": {"phone": "2", "email": "m@example.org"}})
+    status, body = raw(c, "POST", f"/v1/conflicts/{by_pk['P-K']}/resolve",
+                       js({"decision": "accept"}), c.tokens["north-operator"])
+    assert (status, body["error"]["code"]) == (409, "CONFLICT_CLOSED")
+    c.wait_for("resolutions at south", lambda: not c.client("south").get(
+        "/v1/conflicts")["conflicts"], 30)
+    c.wait_for("convergence", c.converged, 30)
+    for o in ("north", "south"):
+        cl = c.client(o)
+        assert cl.get("/v1/tables/players/rows/P-K")["row"]["phone"] is None
+        merged = cl.get("/v1/tables/players/rows/P-M")["row"]
+        assert (merged["phone"], merged["email"]) == ("2", "m@example.org")
+
+
+def _has(c: LocalCluster, office: str, pk: str) -> bool:
+    rows = c.client(office).get("/v1/tables/players/rows?limit=1000")["rows"]
+    return pk in {r["player_id"] for r in rows}

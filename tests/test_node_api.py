@@ -226,3 +226,15 @@ def test_keep_and_merge_decisions_replicate_and_a_closed_conflict_is_refused(clu
 def _has(c: LocalCluster, office: str, pk: str) -> bool:
     rows = c.client(office).get("/v1/tables/players/rows?limit=1000")["rows"]
     return pk in {r["player_id"] for r in rows}
+
+
+def test_a_hybrid_user_works_for_their_home_office_at_either_node(cluster):
+    c = cluster
+    c.wait_for("P-S at north", lambda: _has(c, "north", "P-S"), 30)
+    at_north = c.client("north", "south-clerk")  # south's clerk, logged in at north's node
+    res = at_north.request("PATCH", "/v1/tables/players/rows/P-S", {"values": {"email": "s@x"}})
+    assert res["events"][0]["node"] == "north"  # north's node signs it, for south's office
+    entry = c.client("north").get("/v1/audit?limit=1")["audit"][0]
+    assert (entry["user"], entry["office"], entry["node"]) == ("south-clerk", "south", "north")
+    c.wait_for("convergence", c.converged, 30)
+    assert c.client("south").get("/v1/tables/players/rows/P-S")["row"]["email"] == "s@x"

@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import struct
+import threading
 import warnings
 import zipfile
 import zlib
@@ -35,9 +36,11 @@ from dataclasses import dataclass
 from xml.etree.ElementTree import ParseError
 
 import openpyxl
+import openpyxl.reader.excel
 from openpyxl.utils.cell import column_index_from_string as col_index
 from openpyxl.utils.cell import get_column_letter as _col_letter
 from openpyxl.utils.cell import range_boundaries
+from openpyxl.worksheet._read_only import ReadOnlyWorksheet
 
 from .staging import (
     FLAG_EXPORT_REIMPORT,
@@ -338,13 +341,42 @@ def import_xlsx(staging: Staging, path: str, rules: TableRules, live: LiveView, 
         raise
 
 
+class _UnsizedSheet(ReadOnlyWorksheet):
+    """A read-only sheet that skips openpyxl's size scan.
+
+    openpyxl sizes every read-only sheet when the workbook opens; a sheet written without
+    a leading ``<dimension>`` element (openpyxl's own write-only output, many generators)
+    is parsed from end to end just for that.  The import does not use that size: its own
+    pre-scan finds the last row holding a value.
+    """
+
+    def _get_size(self):  # noqa: D401 - deliberately nothing
+        return None
+
+
+_load_lock = threading.Lock()
+
+
+def _load(path: str):
+    """``openpyxl.load_workbook`` in read-only, data-only mode, with unsized sheets."""
+    with _load_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # openpyxl warns about extensions it drops
+        module = openpyxl.reader.excel
+        original = getattr(module, "ReadOnlyWorksheet", None)
+        if original is not ReadOnlyWorksheet:  # an openpyxl this was not written for
+            return openpyxl.load_workbook(path, read_only=True, data_only=True, keep_vba=False)
+        module.ReadOnlyWorksheet = _UnsizedSheet
+        try:
+            return openpyxl.load_workbook(path, read_only=True, data_only=True, keep_vba=False)
+        finally:
+            module.ReadOnlyWorksheet = original
+
+
 def _import(staging: Staging, path: str, name: str, sha: str, rules: TableRules, live: LiveView,
             *, user: str, sheet: str | None, progress: ProgressFn | None,
             now: int | None) -> ImportResult:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # openpyxl warns about extensions it drops
-            wb = openpyxl.load_workbook(path, read_only=True, data_only=True, keep_vba=False)
+        wb = _load(path)
     except _OPEN_ERRORS as e:
         raise XlsxDamaged(f"{name}: file is damaged or incomplete") from e
     batch_id = None

@@ -16,6 +16,7 @@ import timeit
 import msgpack
 import msgspec
 import pytest
+
 from riversync.protocol import codec, hlc, keys, messages
 from riversync.protocol.messages import Batch, Update
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import msgpack
 import msgspec
+
 from riversync.protocol import chain, codec, errors, hlc, keys, limits, messages
 from riversync.protocol.messages import (
     Batch,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+
 from riversync.protocol import chain, codec, hlc, keys, messages
 from riversync.protocol.errors import BadSignature, SequenceFork
 from riversync.protocol.messages import Batch, Create, Update

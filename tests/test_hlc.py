@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from riversync.protocol import hlc
 from riversync.protocol.errors import ClockOverflow, ClockSkew, ProtocolError
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from riversync.protocol import chain, codec, hlc
 from riversync.protocol.errors import Malformed, SequenceFork, SequenceGap
 from riversync.protocol.messages import Batch, OriginState, Update

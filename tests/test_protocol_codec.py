@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+
 from riversync.protocol import codec, errors, hlc, keys, limits, messages, version
 from riversync.protocol.messages import Batch, Create, Delete, Hello, Pull, StatusRequest, Update
 

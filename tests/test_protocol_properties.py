@@ -8,6 +8,7 @@ from __future__ import annotations
 import msgpack
 from hypothesis import example, given
 from hypothesis import strategies as st
+
 from riversync.protocol import codec, errors, hlc, keys, limits, messages
 from riversync.protocol.messages import (
     Batch,

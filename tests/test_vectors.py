@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from riversync.protocol import errors, messages
 
 from riversync.commands import conformance
+from riversync.protocol import errors, messages
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "spec" / "vectors"

@@ -985,83 +985,114 @@ class _Apply:
             " WHERE s.jid BETWEEN ? AND ? AND s.status='conflict' ORDER BY s.jid", (lo, hi))]
 
     def _run(self, queue: list, done: set, newly_known: set) -> None:
+        """Recompute the queued rows, a set at a time, then the children of any row whose
+        owner history changed."""
         while queue:
-            key = queue.pop()
-            if key in done:
-                continue
-            done.add(key)
-            self.result.recomputed_rows += 1
-            was_known, now_known, owners_changed = self._recompute(key)
-            if now_known and not was_known:
-                newly_known.add(key)
-            if owners_changed:
-                for child in self.schema.children_of(key[0]):
-                    for (cpk,) in self.conn.execute(
-                            "SELECT pk FROM _rs_rows WHERE ppk=? AND tbl=? AND known",
-                            (key[1], child.name)):
-                        done.discard((child.name, cpk))
-                        queue.append((child.name, cpk))
+            batch = [k for k in dict.fromkeys(queue) if k not in done]
+            queue = []
+            done.update(batch)
+            self.result.recomputed_rows += len(batch)
+            for key, was_known, now_known, owners_changed in self._recompute_many(batch):
+                if now_known and not was_known:
+                    newly_known.add(key)
+                if owners_changed:
+                    for child in self.schema.children_of(key[0]):
+                        for (cpk,) in self.conn.execute(
+                                "SELECT pk FROM _rs_rows WHERE ppk=? AND tbl=? AND known",
+                                (key[1], child.name)):
+                            done.discard((child.name, cpk))
+                            queue.append((child.name, cpk))
 
-    def _recompute(self, key: tuple[str, str]) -> tuple[bool, bool, bool]:
+    def _recompute_many(self, keys: list) -> list:
+        """Fold each row from its journal (``merge.fold_row``) and write the results."""
         conn = self.conn
-        tbl, pk = key
-        t = self.schema.tables.get(tbl)
-        if t is None:
-            return (False, False, False)
-        old = _first(conn, "SELECT known, owner0, transfers, jids FROM _rs_rows"
-                           " WHERE tbl=? AND pk=?", key)
-        if old is None:
-            return (False, False, False)
-        jids = array("q")
-        jids.frombytes(old[3])
-        events = []
-        by_id = {}
-        for jid, body in conn.execute(
-                "SELECT jid, body FROM _rs_journal WHERE jid IN (SELECT value FROM json_each(?))",
-                (json.dumps(jids.tolist()),)):
-            ev = _ev_dec.decode(body)
-            events.append(ev)
-            by_id[ev.event_id] = jid
-        out = merge.fold_row(t, pk, events, self.rules, self._known_db, self._owner_db)
-        conn.execute("DELETE FROM _rs_status WHERE tbl=? AND pk=? AND status != ?",
-                     (tbl, pk, RESEQUENCED))
-        st = []
-        for eid, v in out.verdicts.items():
-            if v.accepted:
-                continue
-            closed = out.closed.get(eid)
-            st.append((by_id[eid], tbl, pk, v.status, v.cause,
-                       v.wait[0] if v.wait else None, v.wait[1] if v.wait else None,
-                       merge.conflict_id(closed[0]) if closed else None,
-                       closed[1] if closed else None))
-        if st:
+        tables = self.schema.tables
+        by_table: dict[str, list[str]] = {}
+        for tbl, pk in keys:
+            if tbl in tables:
+                by_table.setdefault(tbl, []).append(pk)
+        olds = {}
+        all_jids: list[int] = []
+        for tbl, pks in by_table.items():
+            for pk, known, live, owner0, tr, blob in conn.execute(
+                    "SELECT pk, known, live, owner0, transfers, jids FROM _rs_rows WHERE tbl=?"
+                    " AND pk IN (SELECT value FROM json_each(?))", (tbl, json.dumps(pks))):
+                jids = array("q")
+                jids.frombytes(blob)
+                olds[(tbl, pk)] = (bool(known), bool(live), owner0, tr, jids)
+                all_jids.extend(jids)
+        if not olds:
+            return []
+        bodies = dict(conn.execute(
+            "SELECT jid, body FROM _rs_journal WHERE jid IN (SELECT value FROM json_each(?))",
+            (json.dumps(all_jids),)))
+        decode = _ev_dec.decode
+        out_rows = []
+        status_del = []
+        status_ins = []
+        row_params = []
+        inserts: dict[str, list] = {}
+        updates: dict[str, list] = {}
+        deletes: dict[str, list] = {}
+        results = []
+        for key, (was_known, was_live, owner0, tr, jids) in olds.items():
+            tbl, pk = key
+            t = tables[tbl]
+            events = []
+            by_id = {}
+            for jid in jids:
+                ev = decode(bodies[jid])
+                events.append(ev)
+                by_id[ev.event_id] = jid
+            out = merge.fold_row(t, pk, events, self.rules, self._known_db, self._owner_db)
+            status_del.append((tbl, pk, RESEQUENCED))
+            for eid, v in out.verdicts.items():
+                if v.accepted:
+                    continue
+                closed = out.closed.get(eid)
+                status_ins.append((by_id[eid], tbl, pk, v.status, v.cause,
+                                   v.wait[0] if v.wait else None, v.wait[1] if v.wait else None,
+                                   merge.conflict_id(closed[0]) if closed else None,
+                                   closed[1] if closed else None))
+            if out.live:
+                vals = [out.values[c] for c in t.columns]
+                if was_live:
+                    updates.setdefault(tbl, []).append((*vals, pk))
+                else:
+                    inserts.setdefault(tbl, []).append((pk, *vals))
+            elif was_live:
+                deletes.setdefault(tbl, []).append((pk,))
+            created = any(ev.kind == CREATE and out.verdicts[ev.event_id].accepted
+                          for ev in events)
+            transfers = _pack_transfers(out.transfers)
+            row_params.append((tbl, pk, out.known, out.live, created, out.owner0, transfers,
+                               out.ppk, *(out.max_key or (None, None, None)), jids.tobytes()))
+            r = _Row(out.known, out.live, created, out.owner0, out.transfers, out.ppk,
+                     out.max_key, jids)
+            self.rows[key] = r
+            out_rows.append(key)
+            changed = (owner0, tr) != (out.owner0, transfers)
+            results.append((key, was_known, out.known, out.known and (changed or not was_known)))
+        conn.executemany("DELETE FROM _rs_status WHERE tbl=? AND pk=? AND status != ?",
+                         status_del)
+        if status_ins:
             conn.executemany(
                 "INSERT OR REPLACE INTO _rs_status(jid, tbl, pk, status, cause, wtbl, wpk,"
-                " closed_by, decision) VALUES (?,?,?,?,?,?,?,?,?)", st)
-        exists = _one(conn, f"SELECT 1 FROM {q(tbl)} WHERE {q(t.primary_key)}=?", (pk,))
-        if out.live:
-            vals = [out.values[c] for c in t.columns]
-            if exists:
-                sets = ", ".join(f"{q(c)}=?" for c in t.columns)
-                conn.execute(f"UPDATE {q(tbl)} SET {sets} WHERE {q(t.primary_key)}=?",
-                             (*vals, pk))
-            else:
-                marks = ",".join("?" * (len(t.columns) + 1))
-                conn.execute(f"INSERT INTO {q(tbl)} VALUES ({marks})", (pk, *vals))
-        elif exists:
-            conn.execute(f"DELETE FROM {q(tbl)} WHERE {q(t.primary_key)}=?", (pk,))
-        created = any(v.accepted and ev.kind == CREATE
-                      for ev in events for v in [out.verdicts.get(ev.event_id)] if v)
-        r = _Row(out.known, out.live, created, out.owner0, out.transfers, out.ppk,
-                 out.max_key, jids)
-        conn.execute(
+                " closed_by, decision) VALUES (?,?,?,?,?,?,?,?,?)", status_ins)
+        for tbl, params in deletes.items():
+            conn.executemany(f"DELETE FROM {q(tbl)} WHERE {q(tables[tbl].primary_key)}=?",
+                             params)
+        for tbl, params in inserts.items():
+            marks = ",".join("?" * (len(tables[tbl].columns) + 1))
+            conn.executemany(f"INSERT INTO {q(tbl)} VALUES ({marks})", params)
+        for tbl, params in updates.items():
+            t = tables[tbl]
+            sets = ", ".join(f"{q(c)}=?" for c in t.columns)
+            conn.executemany(f"UPDATE {q(tbl)} SET {sets} WHERE {q(t.primary_key)}=?", params)
+        conn.executemany(
             "INSERT OR REPLACE INTO _rs_rows(tbl, pk, known, live, created, owner0, transfers,"
-            " ppk, mh, mn, me, jids) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (tbl, pk, r.known, r.live, r.created, r.owner0, _pack_transfers(r.transfers), r.ppk,
-             *(r.key or (None, None, None)), jids.tobytes()))
-        self.rows[key] = r
-        owners_changed = (old[1], old[2]) != (out.owner0, _pack_transfers(out.transfers))
-        return (bool(old[0]), out.known, out.known and (owners_changed or not old[0]))
+            " ppk, mh, mn, me, jids) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row_params)
+        return results
 
     def _known_db(self, tbl: str, pk: str) -> bool:
         return bool(_one(self.conn, "SELECT known FROM _rs_rows WHERE tbl=? AND pk=?", (tbl, pk)))

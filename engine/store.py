@@ -519,6 +519,7 @@ class Store:
                 d["owner"] = ev.owner
             if status == "conflict":
                 d["status"] = "closed" if closed_by else "open"
+                d["open"] = not closed_by
                 d["resolved_by"] = closed_by
                 d["decision"] = decision
             else:

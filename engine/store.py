@@ -281,7 +281,7 @@ class Store:
             ctx = _Apply(self, src)
             ctx.ingest(events)
             ctx.finish()
-            self._raise_unaccepted(events)
+            self._raise_unaccepted(events, ctx.jid_range)
             if self._fault:
                 self._fault("local-before-commit")
         return events
@@ -343,11 +343,14 @@ class Store:
             live[row] = kind != DELETE
         return {"table": table_name, "pk": pk, "values": values}
 
-    def _raise_unaccepted(self, events: list) -> None:
-        for ev in events:
-            r = _first(self.conn,
-                       "SELECT s.status, s.cause FROM _rs_status s JOIN _rs_journal j USING (jid)"
-                       " WHERE j.node=? AND j.epoch=? AND j.seq=?", ev.event_id)
+    def _raise_unaccepted(self, events: list, jid_range) -> None:
+        lo, hi = jid_range
+        if lo is None:
+            return
+        refused = dict(((jid, (status, cause)) for jid, status, cause in self.conn.execute(
+            "SELECT jid, status, cause FROM _rs_status WHERE jid BETWEEN ? AND ?", (lo, hi))))
+        for jid, ev in enumerate(events, start=lo):
+            r = refused.get(jid)
             if r is None:
                 continue
             status, cause = r

@@ -1,15 +1,21 @@
 """``riversync demo``: a hub and two offices on this machine, shown converging.
 
 The demo is a list of named steps (``STEPS``); each explains itself in plain words, does
-real work against real processes through the same API and commands an operator uses, and
-returns facts for the ``--json`` summary.  New steps (Excel or email imports, say) slot in
-by adding a ``Step`` to the list.  Whatever happens, including Ctrl-C and a failing step,
+real work against real processes through the same API an operator's commands use, and
+returns facts for the ``--json`` summary.  Its data comes from real files under
+``examples/leagues``: JSON rows typed in through the API, an Excel roster staged,
+validated and applied at north, registration emails dropped in south's mail folder and
+ingested there, and at the end an Excel export written beside the cluster.  New steps
+slot in by adding a ``Step`` to the list.  Whatever happens, including Ctrl-C and a failing step,
 every process the demo started is stopped unless ``--keep-running`` asks otherwise.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import shutil
 import tempfile
 import threading
 import time
@@ -25,6 +31,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "leagues"
 OFFICES = ["north", "south"]
 WAIT_S = 30.0  # longest any one wait in the demo may take
 OUTAGE_WRITES = 8  # rows each office writes while the hub is away
+ROSTER = "north-roster.xlsx"  # north's Excel roster: a players and a registrations sheet
+ROSTER_SHEETS = ("players", "registrations")  # sheet = table, applied in this order
+EXPORT_SCOPE = "league=L-N1"  # what north exports at the end
+EXPORT_FILE = "north-league-L-N1.xlsx"  # written in the demo directory
 
 
 def examples_dir() -> Path:
@@ -129,6 +139,144 @@ def step_load(d: Demo) -> dict:
     return {"counts": counts, "replicated_in_s": took}
 
 
+def _pks(client, table: str) -> set[str]:
+    return {r[_key_of(client, table)] for r in
+            client.get(f"/v1/tables/{table}/rows?limit=1000")["rows"]}
+
+
+def _key_of(client, table: str) -> str:
+    for t in client.get("/v1/tables")["tables"]:
+        if t["name"] == table:
+            return t["primary_key"]
+    raise KeyError(f"the node has no table {table}")
+
+
+def step_excel(d: Demo) -> dict:
+    clerk, ops = d.clerk("north"), d.operator("north")
+    path = examples_dir() / ROSTER
+    content = base64.b64encode(path.read_bytes()).decode()
+    d.say(f"North's clerk uploads examples/leagues/{ROSTER} to north's node, one sheet at a "
+          "time (as `riversync import xlsx FILE --table players -c node-north.toml` does). "
+          "An import only stages rows; nothing reaches the tables before an operator "
+          "applies it.")
+    batches = []
+    for sheet in ROSTER_SHEETS:
+        before = d.c.digests("north")["state"]
+        staged = clerk.post("/v1/staging/xlsx", {"table": sheet, "sheet": sheet,
+                                                 "file_name": ROSTER, "content_b64": content})
+        bid, s = staged["batch"]["id"], staged["summary"]
+        d.say(f"  sheet {sheet!r} -> staging batch {bid}: {s['rows_read']} rows read, "
+              f"{s['valid']} valid, {s['invalid']} invalid")
+        for reason, n in s["invalid_by_reason"].items():
+            d.say(f"    invalid, {n} row(s): {reason}")
+        invalid = clerk.get(f"/v1/staging/{bid}?status=invalid")["rows"]
+        for r in invalid:
+            why = "; ".join(f"{e['column']}: {e['message']}" if e.get("column")
+                            else e["message"] for e in r["errors"])
+            d.say(f"    row {r['row']} ({r['key']}): {why}")
+        unchanged = d.c.digests("north")["state"] == before
+        if not unchanged:
+            raise RuntimeError(f"staging batch {bid} changed north's state before any apply")
+        applied = ops.post(f"/v1/staging/{bid}/apply", {})["batch"]
+        d.say(f"    north's state digest did not move while the batch waited; north's "
+              f"operator applied it (riversync staging apply {bid}): {applied['events']} "
+              f"events" + (", the invalid row stays in staging for the record"
+                           if invalid else ""))
+        batches.append({"batch": bid, "sheet": sheet, "table": sheet,
+                        "sha256": s["sha256"], "rows_read": s["rows_read"],
+                        "valid": s["valid"], "invalid": s["invalid"],
+                        "invalid_by_reason": s["invalid_by_reason"],
+                        "invalid_keys": [r["key"] for r in invalid],
+                        "applied_keys": sorted({r["key"] for r in clerk.get(
+                            f"/v1/staging/{bid}?status=valid")["rows"]}),
+                        "state": applied["state"], "events": applied["events"],
+                        "unchanged_before_apply": unchanged})
+    facts = {"file": ROSTER, "office": "north", "batches": batches}
+    d.facts["excel_import"] = facts
+    return facts
+
+
+def _drop(files: list[Path], folder: Path) -> None:
+    """Copy under a temporary name, then rename: the node's watcher never sees half a file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        tmp = folder / (f.name + ".part")
+        shutil.copyfile(f, tmp)
+        os.replace(tmp, folder / f.name)
+
+
+def step_email(d: Demo) -> dict:
+    ops = d.operator("south")
+    mails = sorted(p for p in (examples_dir() / "mail").iterdir() if p.suffix == ".eml")
+    drop = Path(d.c.node_config("south").staging_email_dir)
+    _drop(mails, drop)
+    d.say(f"{len(mails)} registration emails (examples/leagues/mail/*.eml: plain text, "
+          f"HTML-only, encoded headers) land in south's drop folder {drop}. South's operator "
+          "runs the ingestion now (riversync ingest email -c node-south.toml) instead of "
+          "waiting for the node's watcher.")
+    res = ops.post("/v1/staging/email/ingest", {})
+    if res["failed"]:
+        raise RuntimeError("email ingestion failed: " + "; ".join(
+            f"{f['file']}: {f['code']}" for f in res["failed"]))
+    # The node's own watcher may have taken some files first: what counts is what waits.
+    pending = sorted((b for b in ops.get("/v1/staging?state=pending")["batches"]
+                      if b["kind"] == "email"), key=lambda b: b["id"])
+    if not pending:
+        raise RuntimeError(f"no email was staged from {drop}")
+    staged = []
+    for b in pending:
+        shown = ops.get(f"/v1/staging/{b['id']}")
+        msg = shown.get("message") or {}
+        rows = shown["rows"]
+        d.say(f"  {msg.get('file', b['source'])}: from {msg.get('from', '?')}, subject "
+              f"{msg.get('subject', '')!r} -> batch {b['id']}, {b['table']}: " + ", ".join(f"{r['key']} {r['values'].get('full_name', '')}"
+                                    f" ({r['status']})" for r in rows))
+        staged.append({"batch": b["id"], "file": msg.get("file"), "table": b["table"],
+                       "keys": [r["key"] for r in rows],
+                       "valid": sum(r["status"] == "valid" for r in rows)})
+    for s in staged:
+        s["events"] = ops.post(f"/v1/staging/{s['batch']}/apply", {})["batch"]["events"]
+    processed = sorted(p.name for p in (drop / "processed").iterdir()) \
+        if (drop / "processed").is_dir() else []
+    d.say(f"South's operator applied the {len(staged)} batches "
+          f"({sum(s['events'] for s in staged)} events); the messages moved to "
+          f"{drop / 'processed'} ({len(processed)} files), none was deleted.")
+    facts = {"office": "south", "folder": str(drop), "messages": len(mails),
+             "batches": staged, "processed": processed,
+             "applied_keys": sorted(k for s in staged for k in s["keys"])}
+    d.facts["email_ingest"] = facts
+    return facts
+
+
+def step_staged_replicated(d: Demo) -> dict:
+    took = d.wait_converged("the imported rows to reach the other office")
+    excel, email = d.facts["excel_import"], d.facts["email_ingest"]
+    at_south = {t: _pks(d.clerk("south"), t) for t in ROSTER_SHEETS}
+    at_north = _pks(d.clerk("north"), "players")
+    excel_arrived = {b["table"]: sorted(set(b["applied_keys"]) & at_south[b["table"]])
+                     for b in excel["batches"]}
+    invalid_leaked = sorted(k for b in excel["batches"] for k in b["invalid_keys"]
+                            if k in at_south[b["table"]])
+    email_arrived = sorted(set(email["applied_keys"]) & at_north)
+    digests = {o: d.c.digests(o)["state"] for o in OFFICES}
+    same = digests["north"] == digests["south"]
+    d.say(f"Within {took} s each office held the other's imports:")
+    for table, keys in excel_arrived.items():
+        d.say(f"  at south, from north's workbook: {len(keys)} {table} ({keys[0]} … "
+              f"{keys[-1]})" if keys else f"  at south: no {table} from north's workbook")
+    d.say(f"  at north, from south's emails: {len(email_arrived)} players "
+          f"({', '.join(email_arrived)})")
+    if invalid_leaked:
+        raise RuntimeError(f"invalid staged rows reached south: {invalid_leaked}")
+    d.say("  the invalid roster row never left north's staging; state digests: north "
+          f"{digests['north'][:16]}…  south {digests['south'][:16]}…  "
+          + ("equal." if same else "DIFFERENT."))
+    if not same:
+        raise RuntimeError("the offices did not converge after the imports")
+    return {"replicated_in_s": took, "excel_rows_at_south": excel_arrived,
+            "email_rows_at_north": email_arrived, "digests_equal": same}
+
+
 def step_edits(d: Demo) -> dict:
     north, south = d.clerk("north"), d.clerk("south")
     results: dict[str, Any] = {}
@@ -171,9 +319,9 @@ def step_outage(d: Demo) -> dict:
     north, south = d.clerk("north"), d.clerk("south")
     for i in range(1, OUTAGE_WRITES + 1):
         north.post("/v1/tables/players/rows",
-                   {"pk": f"P-N1{i:02d}", "values": {"full_name": f"Late North {i}"}})
+                   {"pk": f"P-N2{i:02d}", "values": {"full_name": f"Late North {i}"}})
         south.post("/v1/tables/players/rows",
-                   {"pk": f"P-S1{i:02d}", "values": {"full_name": f"Late South {i}"}})
+                   {"pk": f"P-S2{i:02d}", "values": {"full_name": f"Late South {i}"}})
     # A race that only replication can reveal: north's admin takes over south's player
     # P-S001 while south, not yet knowing, edits it.
     admin = d.c.client("north", "admin")
@@ -228,6 +376,58 @@ def step_conflict(d: Demo) -> dict:
             "resolution_event": res["events"][0]}
 
 
+def _write_file(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def step_export(d: Demo) -> dict:
+    from openpyxl import load_workbook
+
+    from .xlsx_import import META_SHEET
+
+    clerk, ops = d.clerk("north"), d.operator("north")
+    res = clerk.post("/v1/export/xlsx", {"scope": EXPORT_SCOPE})
+    data = base64.b64decode(res["content_b64"])
+    out = d.dir / EXPORT_FILE
+    _write_file(out, data)
+    wb = load_workbook(out, read_only=True)
+    try:
+        sheets = list(wb.sheetnames)
+        meta = [tuple(c for c in row if c is not None)
+                for row in wb[META_SHEET].iter_rows(values_only=True)] \
+            if META_SHEET in sheets else []
+    finally:
+        wb.close()
+    listing = ", ".join(f"{t} {n}" for t, n in res["tables"].items())
+    d.say(f"North's clerk exported {EXPORT_SCOPE} (riversync export xlsx OUT --scope "
+          f"{EXPORT_SCOPE} -c node-north.toml): a read-only snapshot at HLC "
+          f"{res['snapshot_hlc']}, one sheet per table ({listing} rows) and a {META_SHEET} "
+          f"sheet naming node, scope, snapshot and the marker {meta[0][0] if meta else '?'!r}.")
+    # The runbook: an export must not be re-imported without validation.  Show it caught.
+    again = clerk.post("/v1/staging/xlsx", {"table": "registrations", "sheet": "registrations",
+                                            "file_name": EXPORT_FILE,
+                                            "content_b64": res["content_b64"]})["batch"]
+    ops.post(f"/v1/staging/{again['id']}/reject",
+             {"reason": "a snapshot export, not new data"})
+    d.say(f"Uploading that export back is caught: staging batch {again['id']} is flagged "
+          f"({', '.join(again['flags']) or 'no flag'}) and "
+          + ("needs explicit confirmation; " if again["confirm_required"] else "")
+          + "north's operator rejects it, and it stays on record.")
+    d.say(f"The export workbook is at {out}")
+    facts = {"file": str(out), "scope": EXPORT_SCOPE, "bytes": len(data),
+             "snapshot_hlc": res["snapshot_hlc"], "tables": res["tables"], "sheets": sheets,
+             "metadata": [list(r) for r in meta], "reimport_batch": again["id"],
+             "reimport_flags": again["flags"],
+             "reimport_confirm_required": again["confirm_required"]}
+    d.facts["export"] = facts
+    return facts
+
+
 def step_converged(d: Demo) -> dict:
     digests = {o: d.c.digests(o) for o in OFFICES}
     statuses = {o: d.c.status(o) for o in OFFICES}
@@ -250,10 +450,14 @@ STEPS: list[Step] = [
     Step("cluster", "Create a cluster", step_cluster),
     Step("start", "Start the hub and both offices", step_start),
     Step("load", "Load each office's league data", step_load),
+    Step("excel", "Import north's Excel roster: staged, validated, applied", step_excel),
+    Step("email", "Ingest registration emails at south", step_email),
+    Step("replicated", "The imports reach the other office", step_staged_replicated),
     Step("edits", "Concurrent edits, and an edit the owner's rules refuse", step_edits),
     Step("outage", "Stop the hub: offices keep writing", step_outage),
     Step("return", "Start the hub again: queues drain", step_return),
     Step("conflict", "Resolve the conflict the outage produced", step_conflict),
+    Step("export", "Export north's league to a workbook", step_export),
     Step("converged", "Both offices converged", step_converged),
 ]
 
@@ -281,6 +485,8 @@ def run(directory: Path | None, *, keep_running: bool, say: Callable[[str], None
     finally:
         summary["converged"] = bool(d.facts.get("converged", False))
         summary["offices"] = d.facts.get("offices", {})
+        for key in ("excel_import", "email_ingest", "export"):
+            summary[key] = d.facts.get(key)
         summary["seconds"] = round(time.monotonic() - t_all, 2)
         if d.cluster is not None:
             summary["pids"] = d.cluster.pids()
@@ -292,4 +498,6 @@ def run(directory: Path | None, *, keep_running: bool, say: Callable[[str], None
                 d.cluster.stop_all()
                 summary["running"] = False
                 say(f"\nStopped the hub and both offices. Files and logs stay in {d.dir}.")
+        if d.facts.get("export"):
+            say(f"The export workbook: {d.facts['export']['file']}")
     return summary

@@ -412,8 +412,8 @@ def step_export(d: Demo) -> dict:
     again = clerk.post("/v1/staging/xlsx", {"table": "registrations", "sheet": "registrations",
                                             "file_name": EXPORT_FILE,
                                             "content_b64": res["content_b64"]})["batch"]
-    ops.post(f"/v1/staging/{again['id']}/reject",
-             {"reason": "a snapshot export, not new data"})
+    rejected = ops.post(f"/v1/staging/{again['id']}/reject",
+                        {"reason": "a snapshot export, not new data"})["batch"]
     d.say(f"Uploading that export back is caught: staging batch {again['id']} is flagged "
           f"({', '.join(again['flags']) or 'no flag'}) and "
           + ("needs explicit confirmation; " if again["confirm_required"] else "")
@@ -423,7 +423,8 @@ def step_export(d: Demo) -> dict:
              "snapshot_hlc": res["snapshot_hlc"], "tables": res["tables"], "sheets": sheets,
              "metadata": [list(r) for r in meta], "reimport_batch": again["id"],
              "reimport_flags": again["flags"],
-             "reimport_confirm_required": again["confirm_required"]}
+             "reimport_confirm_required": again["confirm_required"],
+             "reimport_state": rejected["state"]}
     d.facts["export"] = facts
     return facts
 

@@ -1,18 +1,31 @@
-"""``riversync demo --json``: converges, and leaves no process behind."""
+"""``riversync demo --json``: converges, takes its data from the example files, and leaves
+no process behind.
+
+What the demo claims about its imports is checked here against the files it leaves: each
+office's SQLite database (opened read-only after every process stopped) and the export
+workbook, read back with openpyxl.
+"""
 
 from __future__ import annotations
 
+import email
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from email import policy
 from pathlib import Path
 
+import openpyxl
 import pytest
 
 pytestmark = pytest.mark.slow
 
 RIVERSYNC = Path(sys.executable).parent / "riversync"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "leagues"
+STEPS = ["cluster", "start", "load", "excel", "email", "replicated", "edits", "outage",
+         "return", "conflict", "export", "converged"]
 
 
 def alive(pid: int) -> bool:
@@ -36,13 +49,108 @@ def test_demo_converges_and_stops_everything(tmp_path):
     assert set(offices) == {"north", "south"}
     assert offices["north"]["digests"]["state"] == offices["south"]["digests"]["state"]
     assert offices["north"]["digests"]["events"] == offices["south"]["digests"]["events"]
-    assert [s["name"] for s in summary["steps"]][-1] == "converged"
+    assert [s["name"] for s in summary["steps"]] == STEPS
     assert summary["running"] is False
     pids = [pid for pid in summary["pids"].values() if pid]
     assert len(pids) == 3
     assert not [pid for pid in pids if alive(pid)]
     # the explanations went to stderr, in plain words
     assert "Stop the hub" in p.stderr and "converged" in p.stderr.lower()
+    check_excel_import(summary, d)
+    check_email_ingest(summary, d)
+    check_export(summary, d)
+
+
+def roster_keys(sheet: str) -> set[str]:
+    wb = openpyxl.load_workbook(EXAMPLES / "north-roster.xlsx", read_only=True)
+    try:
+        return {r[0] for r in wb[sheet].iter_rows(min_row=2, values_only=True) if r[0]}
+    finally:
+        wb.close()
+
+
+def email_player_keys() -> set[str]:
+    keys = set()
+    for f in (EXAMPLES / "mail").glob("*.eml"):
+        msg = email.message_from_bytes(f.read_bytes(), policy=policy.default)
+        text = msg.get_body(preferencelist=("plain", "html")).get_content()
+        keys |= {w.strip("<>") for w in text.replace("<br>", " ").replace("<p>", " ").split()
+                 if w.startswith("P-S")}
+    return keys
+
+
+def rows(db: Path, table: str, key: str) -> dict[str, dict]:
+    """Live rows of a replicated table, read straight from the office's SQLite file."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con.row_factory = sqlite3.Row
+    try:
+        return {r[key]: dict(r) for r in con.execute(f'SELECT * FROM "{table}"')}
+    finally:
+        con.close()
+
+
+def check_excel_import(summary, d: Path) -> None:
+    imp = summary["excel_import"]
+    players, regs = imp["batches"]
+    assert (players["table"], regs["table"]) == ("players", "registrations")
+    # validation did its job: the roster's impossible date (31/02) is the one invalid row
+    assert players["rows_read"] == len(roster_keys("players")) == 7
+    assert (players["valid"], players["invalid"]) == (6, 1)
+    assert players["invalid_keys"] == ["P-N106"]
+    assert list(players["invalid_by_reason"]) == [
+        "born_on: … is not a date in the form DD/MM/YYYY"]
+    assert players["unchanged_before_apply"] is True
+    assert players["state"] == "applied" and players["events"] == 6
+    assert regs["valid"] == regs["events"] == len(roster_keys("registrations")) == 6
+    # the applied rows are in south's own database, the invalid one nowhere
+    south_players = rows(d / "south.db", "players", "player_id")
+    north_players = rows(d / "north.db", "players", "player_id")
+    applied = roster_keys("players") - {"P-N106"}
+    assert applied <= set(south_players) and "P-N106" not in south_players
+    assert "P-N106" not in north_players
+    assert south_players["P-N102"]["born_on"] == "2012-09-17"  # text date 17/09/2012
+    assert south_players["P-N101"]["phone"] == "0555 1101"
+    south_regs = rows(d / "south.db", "registrations", "registration_id")
+    assert roster_keys("registrations") <= set(south_regs)
+    assert south_regs["R-N106"]["player_id"] == "P-N107"
+    replicated = next(s for s in summary["steps"] if s["name"] == "replicated")
+    assert set(replicated["excel_rows_at_south"]["players"]) == applied
+    assert replicated["digests_equal"] is True
+
+
+def check_email_ingest(summary, d: Path) -> None:
+    ing = summary["email_ingest"]
+    expected = email_player_keys()
+    assert expected == {"P-S101", "P-S102", "P-S103", "P-S104"}
+    assert ing["messages"] == 3 and len(ing["batches"]) == 3
+    assert set(ing["applied_keys"]) == expected
+    assert sum(b["events"] for b in ing["batches"]) == 4
+    north_players = rows(d / "north.db", "players", "player_id")
+    assert expected <= set(north_players)
+    assert north_players["P-S104"]["full_name"] == "Zöe Weiß"  # quoted-printable UTF-8
+    assert north_players["P-S103"]["born_on"] == "2012-07-19"  # from the HTML-only message
+    drop = Path(ing["folder"])
+    assert sorted(p.name for p in (drop / "processed").iterdir()) == sorted(
+        p.name for p in (EXAMPLES / "mail").glob("*.eml"))
+    assert not list(drop.glob("*.eml"))  # nothing left waiting, nothing deleted
+
+
+def check_export(summary, d: Path) -> None:
+    exp = summary["export"]
+    out = Path(exp["file"])
+    assert out.parent == d and out.exists() and out.stat().st_size == exp["bytes"]
+    wb = openpyxl.load_workbook(out)
+    assert {"leagues", "sessions", "teams", "registrations", "_riversync"} <= set(wb.sheetnames)
+    assert wb["_riversync"]["A1"].value == "riversync export: do not re-import"
+    meta = {r[0]: r[1] for r in wb["_riversync"].iter_rows(min_row=2, values_only=True)}
+    assert "north" in {str(v) for v in meta.values()}
+    assert "league=L-N1" in {str(v) for v in meta.values()}
+    assert wb["leagues"]["A2"].value == "L-N1"
+    exported_regs = {r[0] for r in wb["registrations"].iter_rows(min_row=2, values_only=True)}
+    assert roster_keys("registrations") <= exported_regs  # the Excel rows are in the snapshot
+    # uploading the export back was caught and kept on record, not applied
+    assert exp["reimport_confirm_required"] is True and exp["reimport_flags"]
+    assert exp["reimport_state"] == "rejected"
 
 
 def test_demo_refuses_a_directory_that_holds_files(tmp_path):

@@ -205,15 +205,27 @@ def _drop(files: list[Path], folder: Path) -> None:
         os.replace(tmp, folder / f.name)
 
 
+def _row_text(r: dict) -> str:
+    what = r["values"].get("full_name") or ", ".join(
+        f"{k} {v}" for k, v in r["values"].items() if v is not None and k != "player_id")
+    text = f"{r['key']} {what} ({r['status']}"
+    if r["status"] == "invalid":
+        text += ": " + "; ".join(e["message"] for e in r["errors"])
+    return text + ")"
+
+
 def step_email(d: Demo) -> dict:
     ops = d.operator("south")
-    mails = sorted(p for p in (examples_dir() / "mail").iterdir() if p.suffix == ".eml")
+    ex = examples_dir()
+    registrations = sorted((ex / "mail").glob("*.eml"))
+    others = sorted((ex / "mail-demo").glob("*.eml"))
     drop = Path(d.c.node_config("south").staging_email_dir)
-    _drop(mails, drop)
-    d.say(f"{len(mails)} registration emails (examples/leagues/mail/*.eml: plain text, "
-          f"HTML-only, encoded headers) land in south's drop folder {drop}. South's operator "
-          "runs the ingestion now (riversync ingest email -c node-south.toml) instead of "
-          "waiting for the node's watcher.")
+    _drop(registrations + others, drop)
+    d.say(f"{len(registrations)} registration emails (examples/leagues/mail/*.eml: plain "
+          f"text, HTML-only, encoded headers) and {len(others)} request about a player "
+          f"(examples/leagues/mail-demo/) land in south's drop folder {drop}. South's "
+          "operator runs the ingestion now (riversync ingest email -c node-south.toml) "
+          "instead of waiting for the node's watcher.")
     res = ops.post("/v1/staging/email/ingest", {})
     if res["failed"]:
         raise RuntimeError("email ingestion failed: " + "; ".join(
@@ -229,21 +241,35 @@ def step_email(d: Demo) -> dict:
         msg = shown.get("message") or {}
         rows = shown["rows"]
         d.say(f"  {msg.get('file', b['source'])}: from {msg.get('from', '?')}, subject "
-              f"{msg.get('subject', '')!r} -> batch {b['id']}, {b['table']}: " + ", ".join(f"{r['key']} {r['values'].get('full_name', '')}"
-                                    f" ({r['status']})" for r in rows))
+              f"{msg.get('subject', '')!r}")
+        d.say(f"    -> batch {b['id']}, {b['table']}: " + ", ".join(map(_row_text, rows)))
         staged.append({"batch": b["id"], "file": msg.get("file"), "table": b["table"],
-                       "keys": [r["key"] for r in rows],
-                       "valid": sum(r["status"] == "valid" for r in rows)})
+                       "keys": [r["key"] for r in rows if r["status"] == "valid"],
+                       "invalid_keys": [r["key"] for r in rows if r["status"] != "valid"],
+                       "events": 0})
     for s in staged:
-        s["events"] = ops.post(f"/v1/staging/{s['batch']}/apply", {})["batch"]["events"]
+        if s["keys"]:
+            done = ops.post(f"/v1/staging/{s['batch']}/apply", {})["batch"]
+        else:  # nothing south may apply: kept on record, and the office is told why
+            done = ops.post(f"/v1/staging/{s['batch']}/reject",
+                            {"reason": "not south's row; forwarded to its office"})["batch"]
+        s["state"], s["events"] = done["state"], done["events"]
     processed = sorted(p.name for p in (drop / "processed").iterdir()) \
         if (drop / "processed").is_dir() else []
-    d.say(f"South's operator applied the {len(staged)} batches "
-          f"({sum(s['events'] for s in staged)} events); the messages moved to "
-          f"{drop / 'processed'} ({len(processed)} files), none was deleted.")
-    facts = {"office": "south", "folder": str(drop), "messages": len(mails),
-             "batches": staged, "processed": processed,
-             "applied_keys": sorted(k for s in staged for k in s["keys"])}
+    applied = [s for s in staged if s["state"] == "applied"]
+    rejected = [s for s in staged if s["state"] == "rejected"]
+    d.say(f"South's operator applied {len(applied)} batches "
+          f"({sum(s['events'] for s in applied)} events)"
+          + (f" and rejected {len(rejected)} (batch "
+             f"{', '.join(str(s['batch']) for s in rejected)}: a row south does not own "
+             "never becomes an event)" if rejected else "")
+          + f". The messages moved to {drop / 'processed'} ({len(processed)} files); "
+          "none was deleted.")
+    facts = {"office": "south", "folder": str(drop),
+             "messages": len(registrations) + len(others), "batches": staged,
+             "processed": processed,
+             "applied_keys": sorted(k for s in applied for k in s["keys"]),
+             "rejected_keys": sorted(k for s in rejected for k in s["invalid_keys"])}
     d.facts["email_ingest"] = facts
     return facts
 

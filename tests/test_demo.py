@@ -69,13 +69,16 @@ def roster_keys(sheet: str) -> set[str]:
         wb.close()
 
 
-def email_player_keys() -> set[str]:
+def email_player_keys(folder: str) -> set[str]:
+    """The player ids the example messages name, read with the standard email package."""
     keys = set()
-    for f in (EXAMPLES / "mail").glob("*.eml"):
+    for f in (EXAMPLES / folder).glob("*.eml"):
         msg = email.message_from_bytes(f.read_bytes(), policy=policy.default)
         text = msg.get_body(preferencelist=("plain", "html")).get_content()
-        keys |= {w.strip("<>") for w in text.replace("<br>", " ").replace("<p>", " ").split()
-                 if w.startswith("P-S")}
+        for line in text.replace("<br>", "\n").replace("<p>", "\n").splitlines():
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "player_id":
+                keys.add(value.strip().split("<")[0])
     return keys
 
 
@@ -120,18 +123,26 @@ def check_excel_import(summary, d: Path) -> None:
 
 def check_email_ingest(summary, d: Path) -> None:
     ing = summary["email_ingest"]
-    expected = email_player_keys()
+    expected = email_player_keys("mail")
     assert expected == {"P-S101", "P-S102", "P-S103", "P-S104"}
-    assert ing["messages"] == 3 and len(ing["batches"]) == 3
+    assert email_player_keys("mail-demo") == {"P-N001"}
+    assert ing["messages"] == 4 and len(ing["batches"]) == 4
     assert set(ing["applied_keys"]) == expected
     assert sum(b["events"] for b in ing["batches"]) == 4
     north_players = rows(d / "north.db", "players", "player_id")
     assert expected <= set(north_players)
     assert north_players["P-S104"]["full_name"] == "Zöe Weiß"  # quoted-printable UTF-8
     assert north_players["P-S103"]["born_on"] == "2012-07-19"  # from the HTML-only message
+    # south may not change north's player: staged invalid, rejected, nowhere applied
+    assert ing["rejected_keys"] == ["P-N001"]
+    (wrong,) = [b for b in ing["batches"] if b["invalid_keys"]]
+    assert wrong["state"] == "rejected" and wrong["events"] == 0
+    for db in ("north.db", "south.db"):
+        assert rows(d / db, "players", "player_id")["P-N001"]["phone"] == "555-1001"
     drop = Path(ing["folder"])
     assert sorted(p.name for p in (drop / "processed").iterdir()) == sorted(
-        p.name for p in (EXAMPLES / "mail").glob("*.eml"))
+        p.name for p in [*(EXAMPLES / "mail").glob("*.eml"),
+                         *(EXAMPLES / "mail-demo").glob("*.eml")])
     assert not list(drop.glob("*.eml"))  # nothing left waiting, nothing deleted
 
 

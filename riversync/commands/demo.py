@@ -14,8 +14,9 @@ def register(subparsers) -> None:
         "demo", help="run a hub and two offices on this machine and show them converge",
         description="Creates a cluster in a temporary directory (or --dir), starts the hub "
         "and two office nodes as separate processes on 127.0.0.1, loads example league "
-        "data, edits concurrently, stops the hub for a while, resolves a conflict and "
-        "shows both offices converged. Every process it started is stopped at the end "
+        "data, imports an Excel roster at one office and registration emails at the "
+        "other, edits concurrently, stops the hub for a while, resolves a conflict, "
+        "writes an Excel export and shows both offices converged. Every process it started is stopped at the end "
         "unless --keep-running.")
     p.add_argument("--dir", default=None, help="directory for the cluster (new or empty)")
     p.add_argument("--keep-running", action="store_true",

@@ -140,8 +140,8 @@ def step_load(d: Demo) -> dict:
 
 
 def _pks(client, table: str) -> set[str]:
-    return {r[_key_of(client, table)] for r in
-            client.get(f"/v1/tables/{table}/rows?limit=1000")["rows"]}
+    key = _key_of(client, table)
+    return {r[key] for r in client.get(f"/v1/tables/{table}/rows?limit=1000")["rows"]}
 
 
 def _key_of(client, table: str) -> str:
@@ -447,7 +447,8 @@ def step_export(d: Demo) -> dict:
     d.say(f"The export workbook is at {out}")
     facts = {"file": str(out), "scope": EXPORT_SCOPE, "bytes": len(data),
              "snapshot_hlc": res["snapshot_hlc"], "tables": res["tables"], "sheets": sheets,
-             "metadata": [list(r) for r in meta], "reimport_batch": again["id"],
+             "metadata": [[c if isinstance(c, int | float | str) else str(c) for c in r]
+                          for r in meta], "reimport_batch": again["id"],
              "reimport_flags": again["flags"],
              "reimport_confirm_required": again["confirm_required"],
              "reimport_state": rejected["state"]}

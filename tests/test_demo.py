@@ -154,8 +154,8 @@ def check_export(summary, d: Path) -> None:
     assert {"leagues", "sessions", "teams", "registrations", "_riversync"} <= set(wb.sheetnames)
     assert wb["_riversync"]["A1"].value == "riversync export: do not re-import"
     meta = {r[0]: r[1] for r in wb["_riversync"].iter_rows(min_row=2, values_only=True)}
-    assert "north" in {str(v) for v in meta.values()}
-    assert "league=L-N1" in {str(v) for v in meta.values()}
+    assert (meta["node"], meta["scope"]) == ("north", "league=L-N1")
+    assert str(meta["snapshot_hlc"]) == str(exp["snapshot_hlc"])
     assert wb["leagues"]["A2"].value == "L-N1"
     exported_regs = {r[0] for r in wb["registrations"].iter_rows(min_row=2, values_only=True)}
     assert roster_keys("registrations") <= exported_regs  # the Excel rows are in the snapshot

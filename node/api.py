@@ -30,6 +30,8 @@ OPEN_PATHS = frozenset({"/healthz", "/", "/ui"})
 OPEN_PREFIX = "/static/"
 MAX_LIST_LIMIT = 1000
 CTX_KEY = web.AppKey("riversync_node", object)
+# A typed key: aiohttp warns on string keys, and with warnings as errors that is a 500.
+CALLER_KEY = web.RequestKey("riversync_caller", Caller)
 
 # Engine refusals, by class name, to the API's codes (the engine's types stay inside it).
 ENGINE_ERRORS: dict[str, type[E.ApiError]] = {
@@ -68,7 +70,7 @@ def ctx_of(request: web.Request) -> Any:
 
 
 def caller_of(request: web.Request) -> Caller:
-    return request["caller"]
+    return request[CALLER_KEY]
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -155,7 +157,7 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
         if path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX):
             ctx = ctx_of(request)
             caller = authenticate(request.headers.get("Authorization"), ctx.roster)
-            request["caller"] = caller
+            request[CALLER_KEY] = caller
             role = ROLE_OF.get(getattr(request.match_info, "handler", None))
             if role is not None:
                 caller.require(role, f"{request.method} {request.path}")

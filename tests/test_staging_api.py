@@ -11,7 +11,6 @@ import shutil
 from types import SimpleNamespace
 
 import openpyxl
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from riversync.engine.schema import load_schema
@@ -22,9 +21,6 @@ from riversync.node.health import NodeMetrics, Thresholds
 from riversync.protocol.keys import NodeEntry, Roster, User
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
-# The daemon's auth middleware stores the caller under a string key, which aiohttp 3.14 warns
-# about; the warning is not staging's to fix, so it is not an error here.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 TOKENS = {"nclerk": "tok-clerk", "nop": "tok-operator"}
 
 

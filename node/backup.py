@@ -47,6 +47,12 @@ class Retention:
     keep_daily: int = KEEP_DAILY
 
 
+def retention_for(cfg) -> Retention:
+    """The node config's retention (``backup_keep_last``, ``backup_keep_daily``)."""
+    return Retention(keep_last=getattr(cfg, "backup_keep_last", KEEP_LAST),
+                     keep_daily=getattr(cfg, "backup_keep_daily", KEEP_DAILY))
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -45,12 +45,16 @@ class NodeLocked(Exception):
 
 
 def schema_path_for(cfg: NodeConfig, override: Path | None = None) -> Path:
-    """The cluster's schema: ``schema.toml`` next to the roster, unless given explicitly.
+    """The cluster's schema: ``override``, else the config's ``schema_path``, else
+    ``schema.toml`` next to the roster.
 
-    Every node of a cluster must fold events under the same schema, so it lives with the
-    roster that every daemon already shares.
+    Every node of a cluster must fold events under the same schema, so by default it lives
+    with the roster that every daemon already shares.
     """
-    return override if override is not None else cfg.roster_path.parent / "schema.toml"
+    if override is not None:
+        return override
+    configured = getattr(cfg, "schema_path", None)
+    return configured if configured is not None else cfg.roster_path.parent / "schema.toml"
 
 
 def lock_path(db_path: Path) -> Path:
@@ -215,7 +219,7 @@ class NodeContext:
     async def take_backup(self) -> dict:
         try:
             return await self.db.run(backups.make_backup, self.store, self.cfg.backup_dir,
-                                     self.cfg.node_id, backups.Retention())
+                                     self.cfg.node_id, backups.retention_for(self.cfg))
         except backups.BackupError as e:
             raise E.Internal(str(e), hint=e.hint) from None
 
@@ -250,7 +254,8 @@ class NodeContext:
 def make_agent(ctx: NodeContext) -> Agent:
     cfg = ctx.cfg
     settings = AgentSettings(cluster_id=cfg.roster.cluster_id, node_id=cfg.node_id,
-                             sync_interval_s=cfg.sync_interval_s, realtime=cfg.realtime)
+                             sync_interval_s=cfg.sync_interval_s, realtime=cfg.realtime,
+                             replay_retry_threshold=cfg.replay_retry_threshold)
     return Agent(settings, ctx.store, ctx.db, cfg.signing_key(), cfg.roster,
                  HubClient(cfg.hub_url), ctx.metrics)
 
@@ -258,7 +263,8 @@ def make_agent(ctx: NodeContext) -> Agent:
 def thresholds_from(cfg: NodeConfig) -> Thresholds:
     a = cfg.alerts
     return Thresholds(warn_no_sync_s=a.warn_no_sync_s, crit_no_sync_s=a.critical_no_sync_s,
-                      warn_queue_events=a.warn_queued_events)
+                      warn_queue_events=a.warn_queued_events,
+                      replay_retry_threshold=cfg.replay_retry_threshold)
 
 
 def _staging_backlog(ctx: NodeContext, api_staging: Any):

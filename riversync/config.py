@@ -48,6 +48,10 @@ DEFAULT_REALTIME = False  # push-on-write and long-poll pull are opt-in
 DEFAULT_WARN_NO_SYNC_S = 10 * 60  # s; runbook: warn after 10 minutes without a sync
 DEFAULT_WARN_QUEUED_EVENTS = 500  # events; runbook: warn when more than 500 are queued
 DEFAULT_CRITICAL_NO_SYNC_S = 30 * 60  # s; runbook: critical after 30 minutes without a sync
+DEFAULT_REPLAY_RETRY_THRESHOLD = 3  # failed applies of one pull in a row before replication stops
+MAX_REPLAY_RETRY_THRESHOLD = 1000  # beyond this a stuck batch would go unnoticed for days
+DEFAULT_BACKUP_KEEP_LAST = 24  # backups; the newest are always kept (a day of hourly backups)
+DEFAULT_BACKUP_KEEP_DAILY = 14  # days; plus the newest backup of each day, two weeks back
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
@@ -123,6 +127,10 @@ class NodeConfig:
     staging_xlsx_dir: Path
     staging_email_dir: Path
     alerts: Alerts
+    schema_path: Path | None = None  # None: schema.toml next to the roster
+    replay_retry_threshold: int = DEFAULT_REPLAY_RETRY_THRESHOLD
+    backup_keep_last: int = DEFAULT_BACKUP_KEEP_LAST
+    backup_keep_daily: int = DEFAULT_BACKUP_KEEP_DAILY
 
     def signing_key(self) -> SigningKey:
         """The node's private key, checked against the roster."""
@@ -360,6 +368,7 @@ def load_node_config(path: Path | str) -> NodeConfig:
     node_id = f.str("node_id")
     roster_path = f.path_("roster_path", "roster.toml")
     roster = load_roster(roster_path)
+    schema_path = f.path_("schema_path", str(roster_path.parent / "schema.toml"))
     if node_id not in roster.nodes:
         raise f.error("node_id", f"{node_id!r} is not a node of {roster_path.name}")
     office = roster.nodes[node_id].office
@@ -374,6 +383,10 @@ def load_node_config(path: Path | str) -> NodeConfig:
                      hi=MAX_SYNC_INTERVAL_S)
     realtime = f.bool("realtime", DEFAULT_REALTIME)
     backup_dir = f.path_("backup_dir", f"backups/{node_id}")
+    replay_retry = f.int("replay_retry_threshold", DEFAULT_REPLAY_RETRY_THRESHOLD, lo=1,
+                         hi=MAX_REPLAY_RETRY_THRESHOLD)
+    keep_last = f.int("backup_keep_last", DEFAULT_BACKUP_KEEP_LAST, lo=1, hi=100_000)
+    keep_daily = f.int("backup_keep_daily", DEFAULT_BACKUP_KEEP_DAILY, lo=0, hi=100_000)
     st = f.table("staging")
     xlsx_dir = st.path_("xlsx_dir", f"staging/{node_id}/xlsx")
     email_dir = st.path_("email_dir", f"staging/{node_id}/email")
@@ -393,6 +406,8 @@ def load_node_config(path: Path | str) -> NodeConfig:
         listen_port=port, db_path=db_path, key_path=key_path, roster_path=roster_path,
         roster=roster, sync_interval_s=interval, realtime=realtime, backup_dir=backup_dir,
         staging_xlsx_dir=xlsx_dir, staging_email_dir=email_dir, alerts=alerts,
+        schema_path=schema_path, replay_retry_threshold=replay_retry,
+        backup_keep_last=keep_last, backup_keep_daily=keep_daily,
     )
 
 

@@ -40,7 +40,7 @@ def cmd_backup(args) -> int:
                 store = open_store(cfg, load_schema(schema_path_for(cfg)))
                 try:
                     res = backups.make_backup(store, cfg.backup_dir, cfg.node_id,
-                                              backups.Retention())
+                                              backups.retention_for(cfg))
                 finally:
                     store.close()
         except NodeLocked as e:

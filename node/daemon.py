@@ -289,11 +289,12 @@ def build_app(ctx: NodeContext) -> web.Application:
         api_staging.add_routes(app.router, lambda request: request.app[CTX_KEY])
         ctx.staging_backlog = _staging_backlog(ctx, api_staging)
         watcher = getattr(api_staging, "email_watcher", None)
-        if watcher is not None:
+        if watcher is not None and getattr(ctx.cfg, "staging_watch_email", False):
             tasks: list[asyncio.Task] = []
+            interval = float(ctx.cfg.staging_email_poll_s)
 
             async def start_watcher(app: web.Application) -> None:
-                tasks.append(asyncio.create_task(watcher(ctx), name="riversync-email"))
+                tasks.append(asyncio.create_task(watcher(ctx, interval), name="riversync-email"))
 
             async def stop_watcher(app: web.Application) -> None:
                 for task in tasks:

@@ -52,6 +52,8 @@ DEFAULT_REPLAY_RETRY_THRESHOLD = 3  # failed applies of one pull in a row before
 MAX_REPLAY_RETRY_THRESHOLD = 1000  # beyond this a stuck batch would go unnoticed for days
 DEFAULT_BACKUP_KEEP_LAST = 24  # backups; the newest are always kept (a day of hourly backups)
 DEFAULT_BACKUP_KEEP_DAILY = 14  # days; plus the newest backup of each day, two weeks back
+DEFAULT_WATCH_EMAIL = False  # the drop-folder watcher is opt-in: ingestion may be run by hand
+DEFAULT_EMAIL_POLL_S = 30  # s; how often the watcher looks into the drop folder
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
@@ -131,6 +133,8 @@ class NodeConfig:
     replay_retry_threshold: int = DEFAULT_REPLAY_RETRY_THRESHOLD
     backup_keep_last: int = DEFAULT_BACKUP_KEEP_LAST
     backup_keep_daily: int = DEFAULT_BACKUP_KEEP_DAILY
+    staging_watch_email: bool = DEFAULT_WATCH_EMAIL
+    staging_email_poll_s: int = DEFAULT_EMAIL_POLL_S
 
     def signing_key(self) -> SigningKey:
         """The node's private key, checked against the roster."""
@@ -390,6 +394,8 @@ def load_node_config(path: Path | str) -> NodeConfig:
     st = f.table("staging")
     xlsx_dir = st.path_("xlsx_dir", f"staging/{node_id}/xlsx")
     email_dir = st.path_("email_dir", f"staging/{node_id}/email")
+    watch_email = st.bool("watch_email", DEFAULT_WATCH_EMAIL)
+    email_poll_s = st.int("email_poll_s", DEFAULT_EMAIL_POLL_S, lo=1, hi=MAX_SYNC_INTERVAL_S)
     st.check_unknown()
     at = f.table("alerts")
     alerts = Alerts(
@@ -408,6 +414,7 @@ def load_node_config(path: Path | str) -> NodeConfig:
         staging_xlsx_dir=xlsx_dir, staging_email_dir=email_dir, alerts=alerts,
         schema_path=schema_path, replay_retry_threshold=replay_retry,
         backup_keep_last=keep_last, backup_keep_daily=keep_daily,
+        staging_watch_email=watch_email, staging_email_poll_s=email_poll_s,
     )
 
 

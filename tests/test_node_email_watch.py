@@ -30,7 +30,7 @@ def test_watcher_runs_when_enabled_and_not_otherwise(tmp_path):
     drops = {o: Path(c.node_config(o).staging_email_dir) for o in c.offices}
     try:
         c.start_all()
-        for office, drop in drops.items():
+        for drop in drops.values():
             drop.mkdir(parents=True, exist_ok=True)
             shutil.copy(MAIL, drop / "a.eml")
         c.wait_for("south's watcher to stage the email", lambda: email_batches(c, "south"), 30)

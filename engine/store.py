@@ -424,6 +424,17 @@ class Store:
                 " DO UPDATE SET acked=max(acked, excluded.acked)",
                 (self.node_id, epoch, last_seq))
 
+    def requeue_after(self, epoch: int, last_seq: int) -> None:
+        """The hub lost this node's events of ``epoch`` after ``last_seq`` (it was restored
+        from an older backup): they count as queued again, so they are pushed again.
+
+        ``mark_acked`` only moves forward, as acknowledgements do; this is the one way back.
+        """
+        with db.transaction(self.conn):
+            self.conn.execute(
+                "UPDATE _rs_origins SET acked=? WHERE node=? AND epoch=? AND acked>?",
+                (last_seq, self.node_id, epoch, last_seq))
+
     def start_new_epoch(self, new_epoch: int, hub_last_seq: int) -> list[AnyEvent]:
         """After a restore: own events the hub never acknowledged move to a new epoch.
 
@@ -497,6 +508,51 @@ class Store:
         rows = self.conn.execute(
             f"{self._select(t)} ORDER BY {q(t.primary_key)} LIMIT ? OFFSET ?", (limit, offset))
         return [self._row_dict(t, r) for r in rows]
+
+    def owner_of(self, table: str, pk: str) -> str | None:
+        """The office owning a live row now; None when the row is not live.
+
+        Raises:
+            UnknownTable: ``table`` is not in the schema.
+        """
+        return self.owners_of(table, [pk]).get(pk)
+
+    def owners_of(self, table: str, pks: Iterable[str]) -> dict[str, str]:
+        """The office owning each live row among ``pks`` (rows not live are left out): its
+        last transfer, else its creator; a row that follows a parent has its parent's.
+
+        Callers outside the engine (staging judges a change before it commits it) ask here
+        instead of reading the engine's own tables, whose layout is the engine's business.
+
+        Raises:
+            UnknownTable: ``table`` is not in the schema.
+        """
+        t = self._table(table)
+        keys = list(dict.fromkeys(pks))
+        out: dict[str, str] = {}
+        if not keys:
+            return out
+        follow: dict[str, str] = {}
+        for pk, owner0, tr, ppk in self.conn.execute(
+                "SELECT pk, owner0, transfers, ppk FROM _rs_rows WHERE tbl=? AND live"
+                " AND pk IN (SELECT value FROM json_each(?))", (table, json.dumps(keys))):
+            if t.parent_table and ppk is not None:
+                follow[pk] = ppk
+                continue
+            transfers = _unpack_transfers(tr)
+            owner = transfers[-1][1] if transfers else owner0
+            if owner is not None:
+                out[pk] = owner
+        if follow:
+            parents = self.owners_of(t.parent_table, follow.values())
+            for pk, ppk in follow.items():
+                if ppk in parents:
+                    out[pk] = parents[ppk]
+        return out
+
+    def newest_hlc(self) -> int:
+        """The greatest HLC of any event held (0: none): where a snapshot stands in time."""
+        return _one(self.conn, "SELECT coalesce(max(hlc), 0) FROM _rs_journal") or 0
 
     def count_rows(self, table: str) -> int:
         t = self._table(table)

@@ -479,19 +479,8 @@ class Agent:
                     "(was %d) and pulls its own events back", self.s.node_id, what, new, epoch)
 
     def _unack(self, epoch: int, last_seq: int) -> None:
-        """Make events after ``last_seq`` unacknowledged again, so they are pushed again.
-
-        ``Store.mark_acked`` only moves forward (right for acks), so lowering the mark
-        after a hub restore goes through ``Store.reset_acked`` where the engine has it, and
-        otherwise sets the engine's acknowledgement mark directly, in one statement.
-        """
-        reset = getattr(self.store, "reset_acked", None)
-        if reset is not None:
-            reset(epoch, last_seq)
-            return
-        self.store.conn.execute(
-            "UPDATE _rs_origins SET acked=? WHERE node=? AND epoch=? AND acked>?",
-            (last_seq, self.s.node_id, epoch, last_seq))
+        """The hub lost what came after ``last_seq``: those events are queued again."""
+        self.store.requeue_after(epoch, last_seq)
 
     # ---- push -------------------------------------------------------------------------
 

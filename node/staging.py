@@ -961,46 +961,19 @@ class StoreLive:
         self.conn = store_conn(store)
 
     def owner_of(self, table: str, key: str) -> str | None:
-        """The office owning a live row: its last transfer, else its creator, else its
-        parent's owner for tables whose ownership follows a parent row."""
-        t = self.schema.table(table)
-        if t is None:
+        """The office owning a live row (the engine knows: last transfer, creator, or the
+        parent's owner); None when the row is not live."""
+        if self.schema.table(table) is None:
             return None
-        fn = getattr(self.store, "owner_of", None)
-        if fn is not None:
-            return fn(table, key)
-        for live, owner0, transfers, ppk in self.conn.execute(
-                "SELECT live, owner0, transfers, ppk FROM _rs_rows WHERE tbl=? AND pk=?",
-                (table, key)):
-            if not live:
-                return None
-            if t.parent_table and ppk is not None:
-                return self.owner_of(t.parent_table, ppk)
-            if transfers:
-                import msgspec
-
-                return msgspec.msgpack.decode(transfers)[-1][3]
-            return owner0
-        return None
+        return self.store.owner_of(table, key)
 
     def owners_many(self, table: str, keys: list[str]) -> dict[str, str | None]:
         """Owners of the live rows among ``keys`` (absent keys are not live)."""
-        t = self.schema.table(table)
-        if t is None or not keys:
+        if self.schema.table(table) is None or not keys:
             return {}
-        if t.parent_table or getattr(self.store, "owner_of", None) is not None:
-            return {k: self.owner_of(table, k) for k in keys}
-        import msgspec
-
         out: dict[str, str | None] = {}
         for i in range(0, len(keys), LIVE_CHUNK):
-            part = keys[i:i + LIVE_CHUNK]
-            marks = ",".join("?" * len(part))
-            for pk, live, owner0, transfers in self.conn.execute(
-                    "SELECT pk, live, owner0, transfers FROM _rs_rows WHERE tbl=? AND pk IN"
-                    f" ({marks})", (table, *part)):
-                if live:
-                    out[pk] = msgspec.msgpack.decode(transfers)[-1][3] if transfers else owner0
+            out.update(self.store.owners_of(table, keys[i:i + LIVE_CHUNK]))
         return out
 
     def holders_many(self, table: str, column: str, values: list) -> dict:
@@ -1173,7 +1146,7 @@ class StagingDesk:
             conn.execute("BEGIN DEFERRED")  # one read snapshot for every sheet; no write lock
         try:
             shapes = _shapes(self.schema)
-            hlc = conn.execute("SELECT coalesce(max(hlc), 0) FROM _rs_journal").fetchall()[0][0]
+            hlc = self.store.newest_hlc()
             tables = export_snapshot(
                 out_path, shapes, self._rows_with_owner, scope=(kind, ident), node=node,
                 office=self.store.office, snapshot_hlc=hlc, schema_version=self.schema.version,

@@ -32,6 +32,7 @@ import apsw
 import msgspec
 
 from riversync.protocol import hlc as _hlc
+from riversync.protocol import limits
 from riversync.protocol.keys import Roster
 from riversync.protocol.messages import (
     CREATE,
@@ -64,7 +65,7 @@ from .errors import (
     UnknownTable,
     WrongNode,
 )
-from .schema import Schema, Table, create_table_sql, q
+from .schema import INT64, Schema, Table, create_table_sql, q
 from .tables import MIGRATIONS
 
 _enc = msgspec.msgpack.Encoder()
@@ -141,6 +142,17 @@ def _unpack_transfers(blob) -> list:
     return [((h, n, e), o) for h, n, e, o in msgspec.msgpack.decode(blob)]
 
 
+_INT_MIN, _INT_MAX = INT64
+_MAX_TEXT = limits.MAX_TEXT_CHARS
+
+
+def _fast_types(schema: Schema) -> dict[str, dict[str, tuple]]:
+    """Per table, per column: the value types the replay loop may accept without calling
+    ``Table.check_values`` (never None, never a column that needs a closer look)."""
+    return {name: {c.name: c.py_types for c in t.columns.values() if not c.slow_check}
+            for name, t in schema.tables.items()}
+
+
 def _link(prev: bytes, segment: bytes) -> bytes:
     return hashlib.sha256(prev + segment).digest()
 
@@ -159,6 +171,7 @@ class Store:
         self.epoch = epoch
         self.max_drift_ms = max_drift_ms
         self.rules = merge.Rules(schema, roster)
+        self.fast_types = _fast_types(schema)
         self._fault = None  # test hook: called with a phase name inside transactions
 
     # ------------------------------------------------------------------ opening
@@ -819,6 +832,7 @@ class _Apply:
         need = set()
         for ev in fresh:
             need.add((ev.table, ev.pk))
+            self.new_origins.add((ev.node, ev.epoch))
             t = tables.get(ev.table)
             if t is not None and t.references and ev.kind != DELETE and ev.kind != TRANSFER:
                 need.update(merge.ref_waits(ev, t))
@@ -838,32 +852,48 @@ class _Apply:
         touched = self.touched
         pend = self.pend
         judge = merge.judge
-        origins = self.new_origins
         actors: dict = {}  # (user, node, admin flag) -> (acting office, is an override)
         journal = []
         statuses = []
+        journal_add = journal.append
+        seg_update = seg.update
+        rows_get = rows.get
+        tables_get = tables.get
+        fast_types = self.s.fast_types
         for ev in fresh:
             jid += 1
             body = enc(ev)
-            seg.update(body + src_b if src_b else body)
+            seg_update(body + src_b if src_b else body)
             kind = ev.kind
             tbl = ev.table
-            key = (tbl, ev.pk)
-            journal.append((jid, ev.node, ev.epoch, ev.seq, ev.hlc, kind, tbl, ev.pk, src, body,
-                            None))
-            origins.add((ev.node, ev.epoch))
+            pk = ev.pk
+            key = (tbl, pk)
+            journal_add((jid, ev.node, ev.epoch, ev.seq, ev.hlc, kind, tbl, pk, src, body, None))
             touched.add(key)  # a parked resolve may wait for this very event
-            r = rows.get(key)
+            r = rows_get(key)
             if r is None:
                 r = rows[key] = _Row(False, False, False, None, [], None, None, array("q"))
             r.jids.append(jid)
             r.dirty = True
-            t = tables.get(tbl)
-            # The common case inline; static() gives the cause when anything is off.
-            if (t is None or ev.schema > version or len(ev.pk) > t.max_pk_chars or (
-                    kind in VALUED and t.check_values(ev.values, creating=kind == CREATE))):
+            t = tables_get(tbl)
+            # The common checks inline (every value's type is one its column takes without
+            # a closer look); check_values() decides whenever anything is unusual.
+            bad = t is None or ev.schema > version or len(pk) > t.max_pk_chars
+            if not bad and kind in VALUED:
+                ok_types = fast_types[tbl]
+                for name, value in ev.values.items():
+                    tp = type(value)
+                    ok = ok_types.get(name)
+                    if ok is None or tp not in ok or (
+                            tp is int and not _INT_MIN <= value <= _INT_MAX) or (
+                            tp is str and len(value) > _MAX_TEXT):
+                        bad = True
+                        break
+                if bad or (kind == CREATE and t.required_columns):
+                    bad = t.check_values(ev.values, creating=kind == CREATE) is not None
+            if bad:
                 v = static(ev, schema)
-                statuses.append((jid, tbl, ev.pk, v.status, v.cause, None, None))
+                statuses.append((jid, tbl, pk, v.status, v.cause, None, None))
                 continue
             if key in slow:
                 continue
@@ -873,25 +903,24 @@ class _Apply:
             if t.references and kind != DELETE:
                 missing = None
                 for ref in merge.ref_waits(ev, t):
-                    rr = rows.get(ref)
+                    rr = rows_get(ref)
                     if rr is None or not rr.known:
                         missing = ref
                         break
                 if missing is not None:
-                    statuses.append((jid, tbl, ev.pk, merge.PARKED,
+                    statuses.append((jid, tbl, pk, merge.PARKED,
                                      f"{merge.MISSING_REF}: {missing[0]} {missing[1]!r}",
                                      missing[0], missing[1]))
                     continue
             k = (ev.hlc, ev.node, ev.epoch)
             pcol = t.parent_column
-            actor = actors.get((ev.user, ev.node, ev.admin))
+            akey = (ev.user, ev.node, ev.admin)
+            actor = actors.get(akey)
             if actor is None:
-                actor = actors[(ev.user, ev.node, ev.admin)] = (rules.acting_office(ev),
-                                                                 rules.overrides(ev))
+                actor = actors[akey] = (rules.acting_office(ev), rules.overrides(ev))
             if not r.known:
                 if kind != CREATE:
-                    statuses.append((jid, tbl, ev.pk, merge.PARKED, merge.ROW_NOT_KNOWN, tbl,
-                                     ev.pk))
+                    statuses.append((jid, tbl, pk, merge.PARKED, merge.ROW_NOT_KNOWN, tbl, pk))
                     continue
                 r.known = True
                 if pcol:
@@ -918,12 +947,14 @@ class _Apply:
                                       r.created if kind == DELETE else True)):
                 v = judge(kind, authorised=auth, live=r.live, created_before=r.created,
                           parent_ok=pok)
-                statuses.append((jid, tbl, ev.pk, v.status, v.cause, None, None))
+                statuses.append((jid, tbl, pk, v.status, v.cause, None, None))
                 continue
             if kind == CREATE:
                 r.live = r.created = True
                 p[1] = p[2] = True
-                p[3] = t.full_row(ev.values)
+                row = t.defaults.copy()
+                row.update(ev.values)
+                p[3] = row
             elif kind == UPDATE:
                 p[3].update(ev.values)
             else:

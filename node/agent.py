@@ -17,8 +17,9 @@ cursor in one store transaction, so an apply is exactly-once across crashes.
 *Hello and reconcile.*  At start and after any outage the agent says hello.  The reply
 says what the hub holds of this node: a lost ack is recognised and completed; a hub that
 holds less than was acknowledged (hub restored from a backup) gets the lost batches
-again; a cursor of an older hub epoch re-pulls from the restore point.  Batches of this
-node's older epochs (the node was restored) come back through the ordinary pull.
+again; a cursor of an older hub epoch is sent unchanged, and the hub, which alone knows
+every restore point since, answers from the right place.  Batches of this node's older
+epochs (the node was restored) come back through the ordinary pull.
 
 *Failures* are classed, never logged and skipped: the hub away is retried with
 exponential backoff, jitter and a cap; a gap or a changed hub epoch makes the agent
@@ -376,9 +377,10 @@ class Agent:
         if cur is None:
             self._pull_override = (reply.hub_epoch, 0)
         elif cur[0] != reply.hub_epoch:
-            # Cursor of an older hub epoch: what came after the restore point may be gone
-            # or numbered differently, so pull again from there (apply is idempotent).
-            self._pull_override = (reply.hub_epoch, min(cur[1], reply.restore_point))
+            # Cursor of an older hub epoch: send it unchanged and let the hub decide where
+            # to start [H-EPOCH-2].  Only the hub knows every restore point since; the reply
+            # names only the newest, so a minimum taken here skips batches after two restores.
+            self._pull_override = (cur[0], cur[1])
         elif cur[1] > reply.head:
             self._pull_override = (reply.hub_epoch, reply.head)
         else:
@@ -595,8 +597,9 @@ class Agent:
             while True:
                 hub_epoch, cursor = await self._pull_from()
                 reply = await self._request(hub_epoch, cursor, wait_ms, interruptible)
-                if reply.hub_epoch != hub_epoch:
-                    raise Resync(f"the hub's epoch changed from {hub_epoch} to {reply.hub_epoch}")
+                if reply.hub_epoch != self.hub_epoch:
+                    raise Resync(f"the hub's epoch changed from {self.hub_epoch} to "
+                                 f"{reply.hub_epoch}")
                 events = self._verify(reply.batches)
                 if events or reply.cursor != cursor or self._pull_override is not None:
                     await self._apply(events, reply.hub_epoch, reply.cursor)

@@ -33,6 +33,13 @@ SQL_TYPES = {
 }
 CREATOR = "creator"
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Characters a primary key may not hold: C0/C1 controls and DEL (they break spreadsheets,
+# mail subjects and terminals, and are never typed on purpose), the Unicode line and
+# paragraph separators, and lone surrogates (not encodable as UTF-8, so not on the wire).
+PK_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# Characters a text value may not hold: lone surrogates only (they cannot be encoded);
+# newlines, tabs and other controls are legitimate text and exported escaped.
+TEXT_FORBIDDEN = re.compile("[\ud800-\udfff]")
 INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -87,6 +94,8 @@ class Column:
                 return f"column {self.name!r} is text, got {t.__name__}"
             if len(value) > limits.MAX_TEXT_CHARS:
                 return f"column {self.name!r} is longer than {limits.MAX_TEXT_CHARS} characters"
+            if not value.isascii() and TEXT_FORBIDDEN.search(value):
+                return f"column {self.name!r} holds a lone surrogate (not valid Unicode text)"
         elif kind in ("integer", "money"):
             if t is not int:
                 return f"column {self.name!r} is {kind}, got {t.__name__}"
@@ -136,10 +145,18 @@ class Table:
         return list(self.columns)
 
     def check_pk(self, pk: object) -> str | None:
+        """Why ``pk`` cannot be a key, or None.  Pure, and the one rule for local writes,
+        staging and remote replay, so a key refused here is parked by every peer alike."""
         if not isinstance(pk, str) or not pk:
             return "the primary key must be non-empty text"
         if len(pk) > self.max_pk_chars:
             return f"the primary key is longer than {self.max_pk_chars} characters"
+        bad = PK_FORBIDDEN.search(pk)
+        if bad:
+            return (f"the primary key holds the control character U+{ord(bad.group()):04X}"
+                    f" at position {bad.start()}")
+        if pk.strip() != pk:
+            return "the primary key starts or ends with a space (or is only spaces)"
         return None
 
     def check_values(self, values: dict, *, creating: bool) -> str | None:
@@ -156,7 +173,7 @@ class Table:
             tp = type(value)
             if tp not in col.py_types or col.slow_check or (
                     tp is int and not INT64[0] <= value <= INT64[1]) or (
-                    tp is str and len(value) > limits.MAX_TEXT_CHARS):
+                    tp is str and (len(value) > limits.MAX_TEXT_CHARS or not value.isascii())):
                 why = col.check(value)
                 if why:
                     return why

@@ -31,7 +31,7 @@ from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font
 
 from .staging import StagingError, TableRules
-from .xlsx_import import EXPORT_MARKER, META_SHEET
+from .xlsx_import import EXPORT_MARKER, META_SHEET, escape_text
 
 OWNER_HEADER = "(owner)"  # an extra column naming each row's owning office; import ignores it
 
@@ -130,6 +130,8 @@ def _cell(ws, value, ctype: str):
         return c
     if isinstance(value, bytes):
         value = value.hex()
+    if isinstance(value, str):
+        value = escape_text(value)  # control characters would make openpyxl refuse the file
     c = WriteOnlyCell(ws, value=value)
     if isinstance(value, str):
         c.data_type = "s"  # never a formula, whatever the text starts with
@@ -148,7 +150,7 @@ def write_workbook(out_path: str, sheets: Iterator[tuple[str, list[str], list[st
         ws.protection.sheet = True
         hdr = []
         for h in headers:
-            c = WriteOnlyCell(ws, value=h)
+            c = WriteOnlyCell(ws, value=escape_text(h))
             c.font = bold
             c.data_type = "s"
             hdr.append(c)

@@ -62,6 +62,23 @@ OLE2_MAGIC = bytes.fromhex("d0cf11e0a1b11ae1")
 ZIP_MAGIC = b"PK\x03\x04"
 META_SHEET = "_riversync"  # the export's metadata sheet; its presence marks an export
 EXPORT_MARKER = "riversync export: do not re-import"
+# Text a workbook cannot hold (XML 1.0 forbids most control characters) is written by the
+# export in the OOXML escape form _xHHHH_, and a literal "_xHHHH_" gets its underscore
+# escaped as _x005F_, so the form is reversible; re-importing an export un-escapes it.
+# \r is escaped too, since XML readers turn it into \n.
+_TO_ESCAPE = re.compile("_x[0-9A-Fa-f]{4}_|[\x00-\x08\x0b\x0c\x0d\x0e-\x1f\ufffe\uffff]")
+_ESCAPED = re.compile("_x([0-9A-Fa-f]{4})_")
+
+
+def escape_text(text: str) -> str:
+    """``text`` in a form any workbook can hold (see _TO_ESCAPE); reversed by unescape_text."""
+    return _TO_ESCAPE.sub(
+        lambda m: "_x005F_" + m.group()[1:] if len(m.group()) > 1 else f"_x{ord(m.group()):04X}_",
+        text)
+
+
+def unescape_text(text: str) -> str:
+    return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text)
 MAX_FILE_BYTES = 100 * 1024 * 1024  # a workbook larger than this is refused before reading
 MAX_HEADER_SCAN = 20  # the header row must be within the first 20 non-blank rows
 MAX_BLANK_RUN = 10_000  # safety stop when the sheet's last value row is unknown
@@ -130,13 +147,14 @@ class XlsxNoHeader(XlsxRefused):
 # sniffing
 
 
-def sniff(path: str) -> str:
+def sniff(path: str, name: str | None = None) -> str:
     """Refuse anything that is not a readable .xlsx; return the file's SHA-256 (hex).
+    ``name`` is what messages call the file (an upload sits under a temporary name).
 
     Raises:
         XlsxEmpty, XlsxLegacy, XlsxEncrypted, XlsxDamaged, XlsxNotExcel, XlsxTooLarge.
     """
-    name = os.path.basename(path)
+    name = name or os.path.basename(path)
     size = os.path.getsize(path)
     if size == 0:
         raise XlsxEmpty(f"{name}: empty file")
@@ -333,7 +351,7 @@ def import_xlsx(staging: Staging, path: str, rules: TableRules, live: LiveView, 
     """
     name = source or os.path.basename(path)
     try:
-        sha = sniff(path)
+        sha = sniff(path, name)
         return _import(staging, path, name, sha, rules, live, user=user, sheet=sheet,
                        progress=progress, now=now)
     except XlsxRefused as e:
@@ -407,7 +425,8 @@ def _import(staging: Staging, path: str, name: str, sha: str, rules: TableRules,
         reasons: collections.Counter = collections.Counter()
         blank_rows: list[int] = []
         rows = _stage_rows(rows_iter, header_row, colmap, scan, rules, live, epoch, stats,
-                           reasons, blank_rows, progress)
+                           reasons, blank_rows, progress,
+                           unescape=FLAG_EXPORT_REIMPORT in flags)
         staging.add_rows(batch_id, rows)
         summary = {
             "file": name, "sha256": sha, "sheet": ws.title, "table": rules.name,
@@ -474,7 +493,7 @@ def _reason_key(column: str, message: str) -> str:
 
 def _stage_rows(rows_iter, header_row: int, colmap: dict[int, str], scan: SheetScan,
                 rules: TableRules, live: LiveView, epoch, stats, reasons, blank_rows,
-                progress) -> Iterator[StagedRow]:
+                progress, *, unescape: bool = False) -> Iterator[StagedRow]:
     checks = FileChecks(rules)
     merges = [m for m in scan.merges if m[3] > header_row]
     anchors: dict[tuple[int, int], object] = {}
@@ -527,6 +546,8 @@ def _stage_rows(rows_iter, header_row: int, colmap: dict[int, str], scan: SheetS
             if type(v) is str and v in EXCEL_ERRORS:
                 row.error(col, f"cell {_col_letter(i + 1)}{row_no} is a formula error {v}")
                 continue
+            if unescape and type(v) is str and "_x" in v:
+                v = unescape_text(v)
             raw[col] = v
         check_row(rules, raw, row, epoch=epoch)
         checks.check(row)
@@ -556,7 +577,7 @@ def _finish(rules: TableRules, rows: list[StagedRow], live: LiveView, stats, rea
 
 
 __all__ = [
-    "EXPORT_MARKER", "META_SHEET", "ImportResult", "XlsxDamaged", "XlsxEmpty", "XlsxEncrypted",
+    "EXPORT_MARKER", "META_SHEET", "escape_text", "unescape_text", "ImportResult", "XlsxDamaged", "XlsxEmpty", "XlsxEncrypted",
     "XlsxLegacy", "XlsxNoHeader", "XlsxNoSheet", "XlsxNotExcel", "XlsxRefused", "XlsxTooLarge",
     "import_xlsx", "norm_header", "scan_sheet", "sniff",
 ]

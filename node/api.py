@@ -104,8 +104,16 @@ async def read_json(request: web.Request) -> dict:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise E.BadJson(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise E.BadJson("the request body nests arrays or objects too deeply") from None
     if not isinstance(body, dict):
         raise E.BadJson(f"the request body must be a JSON object, got {type(body).__name__}")
+    if b"\\u" in raw:  # only an escape can smuggle in a lone surrogate
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise E.BadJson("the request body holds a lone surrogate escape (such as"
+                            " \\ud800), which is not valid Unicode text") from None
     return body
 
 
@@ -127,6 +135,20 @@ def flag(body: dict, key: str) -> bool:
     if not isinstance(v, bool):
         raise E.BadRequest(f"'{key}' must be true or false", field=key)
     return v
+
+
+def bool_param(request: web.Request, name: str) -> bool:
+    """A true/false query parameter: true/false/1/0 only, so a typo is never a silent no."""
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    v = raw.lower()
+    if v in ("true", "1"):
+        return True
+    if v in ("false", "0"):
+        return False
+    raise E.BadRequest(f"query parameter {name!r} must be true, false, 1 or 0, got {raw!r}",
+                       field=name)
 
 
 def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -285,7 +307,7 @@ async def delete_row(request: web.Request) -> web.Response:
     from riversync.engine.store import LocalChange
 
     table = table_arg(request)
-    admin = request.query.get("admin", "false").lower() in ("1", "true", "yes")
+    admin = bool_param(request, "admin")
     pk = request.match_info["pk"]
     return await _commit(request, [LocalChange(kind="delete", table=table, pk=pk)], admin=admin)
 
@@ -309,7 +331,7 @@ async def transfer_row(request: web.Request) -> web.Response:
 async def list_conflicts(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     caller_of(request).require(OPERATOR, "listing conflicts")
-    open_only = request.query.get("all", "false").lower() not in ("1", "true", "yes")
+    open_only = not bool_param(request, "all")
     conflicts = await ctx.db.run(ctx.store.conflicts, open_only=open_only)
     parked = await ctx.db.run(ctx.store.parked)
     return json_response({"conflicts": conflicts, "parked": parked})

@@ -37,6 +37,7 @@ from .staging import backlog as _backlog
 log = logging.getLogger("riversync.staging")
 
 CLERK, OPERATOR = "clerk", "operator"
+MAX_ID = (1 << 63) - 1  # batch ids and row numbers are SQLite integers
 MAX_UPLOAD_BYTES = 24 * 1024 * 1024  # decoded workbook size accepted over the API
 EMAIL_POLL_S = 30  # how often the drop-folder watcher looks for new messages
 
@@ -104,21 +105,41 @@ async def _body(request: web.Request) -> dict:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadStagingRequest(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadStagingRequest("the request body nests arrays or objects too deeply") from None
     if not isinstance(body, dict):
         raise BadStagingRequest("the request body must be a JSON object")
+    if b"\\u" in raw:  # only an escape can smuggle in a lone surrogate
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadStagingRequest("the request body holds a lone surrogate escape (such as"
+                                    " \\ud800), which is not valid Unicode text") from None
     return body
 
 
-def _batch_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not raw.isdigit():
-        raise BadStagingRequest(f"staging batch id must be a number, got {raw!r}")
+def _number(raw: str, what: str) -> int:
+    if not raw.isascii() or not raw.isdigit() or int(raw) > MAX_ID:
+        raise BadStagingRequest(f"{what} must be a whole number up to {MAX_ID}, got {raw!r}")
     return int(raw)
+
+
+def _batch_id(request: web.Request) -> int:
+    return _number(request.match_info["id"], "staging batch id")
+
+
+def _flag(body: dict, key: str, default: bool) -> bool:
+    """A JSON true/false only: the string "false" must never count as yes."""
+    v = body.get(key, default)
+    if not isinstance(v, bool):
+        raise BadStagingRequest(f"{key} must be JSON true or false, got {v!r}")
+    return v
 
 
 def _int_list(body: dict, key: str) -> list[int]:
     v = body.get(key, [])
-    if not isinstance(v, list) or not all(isinstance(x, int) for x in v):
+    if not isinstance(v, list) or not all(
+            type(x) is int and 0 <= x <= MAX_ID for x in v):
         raise BadStagingRequest(f"{key} must be a list of row numbers")
     return v
 
@@ -147,11 +168,8 @@ class _Handlers:
     async def show_batch(self, request, ctx, caller):
         bid = _batch_id(request)
         status = request.query.get("status") or None
-        try:
-            limit = int(request.query.get("limit", 1000))
-            offset = int(request.query.get("offset", 0))
-        except ValueError:
-            raise BadStagingRequest("limit and offset must be whole numbers") from None
+        limit = _number(request.query.get("limit", "1000"), "limit")
+        offset = _number(request.query.get("offset", "0"), "offset")
         return _json(await ctx.db.run(
             lambda: desk_for(ctx).show(bid, status=status, limit=limit, offset=offset)))
 
@@ -160,7 +178,7 @@ class _Handlers:
         table = body.get("table")
         if not isinstance(table, str) or not table:
             raise BadStagingRequest("give the target table as \"table\"")
-        name = os.path.basename(str(body.get("file_name") or "upload.xlsx"))
+        name = os.path.basename(str(body.get("file_name") or "")) or "upload.xlsx"
         try:
             data = base64.b64decode(body.get("content_b64") or "", validate=True)
         except (binascii.Error, TypeError, ValueError):
@@ -182,7 +200,7 @@ class _Handlers:
     async def apply_batch(self, request, ctx, caller):
         bid = _batch_id(request)
         body = await _body(request)
-        confirm = bool(body.get("confirm_reimport", False))
+        confirm = _flag(body, "confirm_reimport", False)
         exclude = _int_list(body, "exclude")
         res = await ctx.db.write("local", lambda: desk_for(ctx).apply(
             bid, user=caller.name, confirm=confirm, exclude=exclude))
@@ -202,21 +220,19 @@ class _Handlers:
         bid = _batch_id(request)
         body = await _body(request)
         rows = _int_list(body, "rows")
-        excluded = bool(body.get("excluded", True))
+        excluded = _flag(body, "excluded", True)
         return _json(await ctx.db.write(
             "staging", lambda: desk_for(ctx).exclude(bid, rows, excluded)))
 
     async def edit_row(self, request, ctx, caller):
         bid = _batch_id(request)
-        row = request.match_info["row"]
-        if not row.isdigit():
-            raise BadStagingRequest(f"row must be a number, got {row!r}")
+        row = _number(request.match_info["row"], "row")
         body = await _body(request)
         values = body.get("values")
         if not isinstance(values, dict) or not values:
             raise BadStagingRequest("give the corrected columns as \"values\": {column: value}")
         return _json(await ctx.db.write(
-            "staging", lambda: desk_for(ctx).edit(bid, int(row), values)))
+            "staging", lambda: desk_for(ctx).edit(bid, row, values)))
 
     async def ingest_email(self, request, ctx, caller):
         folder = str(ctx.cfg.staging_email_dir)

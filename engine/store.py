@@ -404,11 +404,29 @@ class Store:
             if self._fault:
                 self._fault("remote-mid-apply")
             ctx.finish()
+            self._held_upstream(events)
             if cursor is not None:
                 self.conn.execute(
                     "INSERT INTO _rs_cursors(name, epoch, seq) VALUES (?,?,?) ON CONFLICT(name)"
                     " DO UPDATE SET epoch=excluded.epoch, seq=excluded.seq", cursor)
             return ctx.result
+
+    def _held_upstream(self, events: list) -> None:
+        """This node's own events of older epochs that arrive from upstream are held there.
+
+        A restored node gets its old epoch's events back through the pull; the hub holds an
+        origin's events as an unbroken run from 1, so everything up to the highest one
+        received is acknowledged.  Without this they would count as queued for ever.
+        """
+        me, current = self.node_id, self.epoch
+        marks: dict[int, int] = {}
+        for ev in events:
+            if ev.node == me and ev.epoch != current and ev.seq > marks.get(ev.epoch, 0):
+                marks[ev.epoch] = ev.seq
+        for epoch, seq in marks.items():
+            self.conn.execute(
+                "INSERT INTO _rs_origins(node, epoch, acked) VALUES (?,?,?) ON CONFLICT"
+                " DO UPDATE SET acked=max(acked, excluded.acked)", (me, epoch, seq))
 
     # ------------------------------------------------------------------ outbox
 

@@ -370,9 +370,6 @@ class Agent:
         self.hub_head = reply.head
         mine = next((o for o in reply.origins if o.epoch == self.store.epoch), None)
         await self.db.run(self._align_push_state, mine)
-        older = [o for o in reply.origins if o.epoch != self.store.epoch and o.last_seq]
-        if older:
-            await self.db.run(self._held_by_hub, [(o.epoch, o.last_seq) for o in older])
         cur = await self.db.run(self.store.get_cursor, "hub")
         if cur is None:
             self._pull_override = (reply.hub_epoch, 0)
@@ -389,15 +386,6 @@ class Agent:
         self.may_renew_epoch = False
         self._hello_ok.set()
         return reply
-
-    def _held_by_hub(self, marks: list[tuple[int, int]]) -> None:
-        """Events of this node's older epochs that the hub holds need no push (db thread).
-
-        After a restore, the hub hands them back through the pull; without this they
-        would count as queued forever, since only the current epoch is ever pushed.
-        """
-        for epoch, last_seq in marks:
-            self.store.mark_acked(epoch, last_seq)
 
     def _chain(self) -> tuple[int, int, bytes]:
         raw = self.store.meta_get(META_CHAIN)
@@ -614,15 +602,9 @@ class Agent:
         return total
 
     async def _apply(self, events: list, hub_epoch: int, cursor: int) -> None:
-        marks: dict[int, int] = {}
-        for ev in events:
-            if ev.node == self.s.node_id and ev.epoch != self.store.epoch:
-                marks[ev.epoch] = max(marks.get(ev.epoch, 0), ev.seq)
         try:
             await self.db.write("apply", self.store.apply_remote, events, now_ms=now_ms(),
                                 cursor=("hub", hub_epoch, cursor))
-            if marks:
-                await self.db.run(self._held_by_hub, sorted(marks.items()))
         except ProtocolError:
             self._replay_failed()
             raise

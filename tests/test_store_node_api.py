@@ -74,3 +74,23 @@ def test_no_node_module_reads_the_engine_tables():
                  for i, line in enumerate(p.read_text().splitlines(), 1)
                  if re.search(r"\b_rs_\w+", line)]
     assert offenders == []
+
+
+def test_own_older_epoch_events_from_upstream_are_not_queued(tmp_path):
+    """A restored node's old events come back from the hub: held there, so not queued."""
+    from engine_util import Origin, at
+
+    s = open_store(tmp_path / "n.db", SCHEMA, node="north", epoch=6)
+    old = Origin("north", epoch=5)
+    returned = [old.create(at("10:00"), "offices", "north", {"name": "North"}, "nora"),
+                old.create(at("10:01"), "leagues", "L1", {"office_id": "north", "name": "K"},
+                           "nora"),
+                old.update(at("10:02"), "leagues", "L1", {"name": "Kids"}, "nora")]
+    s.apply_remote(returned[:2], now_ms=NOW)
+    assert s.outbox_size() == 0 and s.outbox() == []
+    s.apply_remote(returned, now_ms=NOW)  # one duplicate, one new
+    assert s.outbox_size() == 0 and s.stats()["outbox"] == 0
+    (mine,) = s.commit_local([LocalChange("update", "leagues", "L1", {"name": "Kids 2"})],
+                             user="nora", now_ms=NOW + 1)
+    assert [(e.epoch, e.seq) for e in s.outbox()] == [(6, 1)]  # only the new epoch's write
+    s.close()

@@ -232,7 +232,7 @@ class _Handlers:
         if not isinstance(values, dict) or not values:
             raise BadStagingRequest("give the corrected columns as \"values\": {column: value}")
         return _json(await ctx.db.write(
-            "staging", lambda: desk_for(ctx).edit(bid, row, values)))
+            "staging", lambda: desk_for(ctx).edit(bid, row, values, user=caller.name)))
 
     async def ingest_email(self, request, ctx, caller):
         folder = str(ctx.cfg.staging_email_dir)

@@ -136,6 +136,9 @@ class TableRules:
     key: str
     columns: tuple[ColumnRule, ...]
     parent_column: str | None = None  # ownership follows the row this column references
+    # The engine's own table, so staging runs the very checks a local commit runs
+    # (Table.check_pk, Table.check_values) and never marks valid a row apply would refuse.
+    engine_table: Any = field(default=None, compare=False, repr=False)
 
     def column(self, name: str) -> ColumnRule | None:
         for c in self.columns:
@@ -399,6 +402,26 @@ def check_row(rules: TableRules, raw: dict[str, Any], row: StagedRow, *,
             row.error(name, f"{name} required")
     key = row.values.get(rules.key)
     row.key = None if key is None else str(key)
+    if rules.engine_table is not None:
+        engine_checks(rules, row)
+
+
+def engine_checks(rules: TableRules, row: StagedRow) -> None:
+    """The engine's key and value checks (the same functions a local commit calls), so a
+    row staging calls valid is one the engine accepts."""
+    t = rules.engine_table
+    if row.key is not None and not _has_error(row, rules.key):
+        why = t.check_pk(row.key)
+        if why:
+            row.error(rules.key, why)
+    values = {k: v for k, v in row.values.items()
+              if k != rules.key and k in t.columns and not _has_error(row, k)}
+    if t.check_values(values, creating=False) is None:
+        return
+    for name, v in values.items():
+        why = t.check_values({name: v}, creating=False)
+        if why:
+            row.error(name, why)
 
 
 def _has_error(row: StagedRow, column: str) -> bool:
@@ -544,7 +567,8 @@ def rules_from_schema(schema, table: str, extra: dict | None = None) -> TableRul
     for c in t.columns.values():
         cols.append(ColumnRule(c.name, c.type, required=c.required and c.default is None,
                                references=c.references, **_opts(extra.get(c.name))))
-    return TableRules(t.name, t.primary_key, tuple(cols), parent_column=t.parent_column)
+    return TableRules(t.name, t.primary_key, tuple(cols), parent_column=t.parent_column,
+                      engine_table=t)
 
 
 def _opts(spec: dict | None) -> dict:
@@ -1000,6 +1024,17 @@ class StoreLive:
         return None
 
 
+class ActingAs:
+    """A live view whose ``office`` is the acting office of a user from another office."""
+
+    def __init__(self, live: LiveView, office: str):
+        self.live = live
+        self.office = office
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.live, name)
+
+
 def to_local_change(rules: TableRules, row: StagedRow):
     """The engine change a staged row becomes: create a new key, update an owned one.
 
@@ -1055,11 +1090,21 @@ class StagingDesk:
     def rules(self, table: str) -> TableRules:
         return rules_from_schema(self.schema, table, self.opts.get(table))
 
+    def live_for(self, user: str | None) -> LiveView:
+        """The live view as ``user`` acts: the engine's events act for the user's home
+        office (hybrid staff sign in at either node), so ownership is judged for that
+        office, not the node's."""
+        roster = getattr(self.store, "roster", None)
+        office = (roster.home_office(user) if roster is not None and user else None)
+        if office is None or office == self.live.office:
+            return self.live
+        return ActingAs(self.live, office)
+
     def import_xlsx(self, path: str, table: str, *, user: str, sheet: str | None = None,
                     source: str | None = None, progress: ProgressFn | None = None) -> dict:
         from .xlsx_import import import_xlsx
 
-        res = import_xlsx(self.staging, path, self.rules(table), self.live, user=user,
+        res = import_xlsx(self.staging, path, self.rules(table), self.live_for(user), user=user,
                           sheet=sheet, source=source, progress=progress)
         return {"batch": self.staging.batch(res.batch_id).to_json(), "summary": res.summary}
 
@@ -1110,7 +1155,8 @@ class StagingDesk:
         exclude = list(exclude)
         if exclude:
             self.staging.exclude(batch_id, exclude)
-        b = self.staging.apply(batch_id, self.store, rules, self.live, user=user, now=now,
+        b = self.staging.apply(batch_id, self.store, rules, self.live_for(user), user=user,
+                               now=now,
                                confirm=confirm, to_change=lambda r: to_local_change(rules, r))
         return {"batch": b.to_json()}
 
@@ -1121,9 +1167,9 @@ class StagingDesk:
         n = self.staging.exclude(batch_id, rows, excluded)
         return {"changed": n, "batch": self.staging.batch(batch_id).to_json()}
 
-    def edit(self, batch_id: int, row: int, values: dict) -> dict:
+    def edit(self, batch_id: int, row: int, values: dict, *, user: str | None = None) -> dict:
         rules = self.rules(self._table_of(batch_id))
-        return {"row": self.staging.edit_row(batch_id, row, values, rules, self.live)}
+        return {"row": self.staging.edit_row(batch_id, row, values, rules, self.live_for(user))}
 
     def ingest(self, folder: str, *, user: str = "email") -> dict:
         from .email_ingest import ingest_folder

@@ -33,12 +33,37 @@ def add_node_args(p, *, user: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def exit_for_status(status: int) -> int:
+    """The one rule (docs/reference/cli.md): a refusal of what was asked (any 4xx) is 2,
+    an unavailable daemon (503) is 3, anything else that failed is 1."""
+    if 400 <= status < 500:
+        return EXIT_CRITICAL
+    if status == 503:
+        return EXIT_UNAVAILABLE
+    return 1
+
+
 def staging_error(e) -> CommandError:
     code = getattr(e, "code", type(e).__name__)
     msg = getattr(e, "message", str(e))
     status = getattr(e, "http_status", 400)
-    exit_code = EXIT_CRITICAL if status in (400, 404, 413, 422) else 1
-    return CommandError(f"{code}: {msg}", getattr(e, "hint", ""), exit_code=exit_code)
+    return CommandError(f"{code}: {msg}", getattr(e, "hint", ""),
+                        exit_code=exit_for_status(status))
+
+
+def required_role(method: str, path: str) -> str:
+    """The role the node API demands for ``method path``: the offline path demands the
+    same, so stopping the daemon never lifts a restriction."""
+    import re
+
+    from riversync.node.api_staging import ROUTES
+
+    bare = path.split("?", 1)[0]
+    for m, pattern, _name, role in ROUTES:
+        rx = "^" + re.sub(r"\\{[a-z]+\\}", "[^/]+", re.escape(pattern)) + "$"
+        if m == method and re.match(rx, bare):
+            return role
+    return "admin"  # a path no route names: only an admin may act offline
 
 
 class Node:
@@ -51,7 +76,16 @@ class Node:
         """``direct(desk)`` when the database is ours, else the API call."""
         if self.desk is not None:
             from riversync.engine.errors import EngineError
+            from riversync.node.auth import RANK
             from riversync.node.staging import StagingError
+
+            role = required_role(method, path)
+            u = self.cfg.roster.users.get(self.user)
+            if u is None or RANK.get(u.role, 0) < RANK[role]:
+                have = u.role if u is not None else "no roster user"
+                raise CommandError(
+                    f"FORBIDDEN: user {self.user!r} is a {have}; this needs the {role} role",
+                    "pass --user with an operator (or admin) of this office", EXIT_CRITICAL)
 
             try:
                 return direct(self.desk)
@@ -64,8 +98,8 @@ class Node:
                 return self.client.get(path)
             return self.client.post(path, body or {})
         except NodeRefused as e:
-            exit_code = EXIT_CRITICAL if e.status in (400, 404, 413, 422) else 1
-            raise CommandError(f"{e.code}: {e.message}", e.hint, exit_code) from None
+            raise CommandError(f"{e.code}: {e.message}", e.hint,
+                               exit_for_status(e.status)) from None
         except NodeUnreachable as e:
             raise CommandError(f"the node does not answer: {e}",
                                "start it with `riversync node serve -c NODE.toml`",

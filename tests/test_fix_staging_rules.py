@@ -1,0 +1,120 @@
+"""Staging judges rows the way apply will: the engine's value checks, the acting office of
+the user who applies, and the same roles with the node stopped as through its API."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import openpyxl
+import pytest
+
+from riversync.cli import main
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+@pytest.fixture
+def cluster(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RIVERSYNC_TOKEN", raising=False)
+    d = tmp_path / "c"
+    assert main(["cluster", "init", "--offices", "north,south", str(d)]) == 0
+    shutil.copy(os.path.join(DATA, "staging_schema.toml"), d / "schema.toml")
+    capsys.readouterr()
+    monkeypatch.chdir(d)
+    return d
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def workbook(path, rows, header=("customer_id", "name", "credit_limit")):
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "customers"
+    ws.append(list(header))
+    for r in rows:
+        ws.append(list(r))
+    wb.save(path)
+    return str(path)
+
+
+def staged(capsys, batch: int, cfg: str = "node-north.toml") -> dict:
+    code, out, err = run(capsys, "staging", "show", str(batch), "-c", cfg, "--json")
+    assert code == 0, err
+    return {r["key"]: r for r in json.loads(out)["rows"]}
+
+
+def test_values_the_engine_refuses_are_invalid_in_staging(cluster, capsys, tmp_path):
+    f = workbook(tmp_path / "big.xlsx", [("C-1", "Ann", 10), ("C-2", "Bob", 1e30)])
+    code, out, err = run(capsys, "import", "xlsx", f, "--table", "customers",
+                         "-c", "node-north.toml")
+    assert code == 0, err
+    rows = staged(capsys, 1)
+    assert rows["C-1"]["status"] == "valid"
+    assert rows["C-2"]["status"] == "invalid"
+    assert "64-bit" in json.dumps(rows["C-2"]["errors"])
+    # A correction too long for the engine is refused the same way (the engine's limit).
+    from riversync.engine.schema import load_schema
+    from riversync.node.staging import rules_from_schema
+
+    rules = rules_from_schema(load_schema(cluster / "schema.toml"), "customers")
+    from riversync.node.staging import StagedRow, check_row
+
+    row = StagedRow(2, {})
+    check_row(rules, {"customer_id": "C-3", "name": "x" * 3_000_000}, row)
+    assert not row.valid and "longer than" in row.errors[0]["message"]
+    row = StagedRow(3, {})
+    check_row(rules, {"customer_id": "C\u00004", "name": "y"}, row)
+    assert not row.valid and "control character" in row.errors[0]["message"]
+    code, out, err = run(capsys, "staging", "apply", "1", "-c", "node-north.toml", "--json")
+    assert code == 0, err
+    assert json.loads(out)["batch"]["events"] == 1
+
+
+def test_ownership_is_judged_for_the_applying_users_home_office(cluster, capsys, tmp_path):
+    f = workbook(tmp_path / "a.xlsx", [("C-1", "Ann", 10)])
+    assert run(capsys, "import", "xlsx", f, "--table", "customers", "-c",
+               "node-north.toml")[0] == 0
+    assert run(capsys, "staging", "apply", "1", "-c", "node-north.toml")[0] == 0
+    # A south user (hybrid: signs in at north's node) stages a change to north's row.
+    f2 = workbook(tmp_path / "b.xlsx", [("C-1", "Ann B", 20)])
+    code, out, err = run(capsys, "import", "xlsx", f2, "--table", "customers", "-c",
+                         "node-north.toml", "--user", "south-operator")
+    assert code == 0, err
+    row = staged(capsys, 2)["C-1"]
+    assert row["status"] == "invalid" and "owned by office north" in json.dumps(row["errors"])
+    # Staged by north, applied by south: apply re-checks for south and writes nothing.
+    assert run(capsys, "import", "xlsx", f2, "--table", "customers", "-c",
+               "node-north.toml")[0] == 0
+    assert staged(capsys, 3)["C-1"]["status"] == "valid"
+    code, out, err = run(capsys, "staging", "apply", "3", "-c", "node-north.toml",
+                         "--user", "south-operator")
+    assert code == 2 and "STAGING_APPLY_REFUSED" in err and "owned by office north" in err
+    shown = staged(capsys, 1)
+    assert shown["C-1"]["values"]["name"] == "Ann"
+    code, out, err = run(capsys, "export", "xlsx", str(tmp_path / "s.xlsx"), "--scope",
+                         "office=north", "-c", "node-north.toml")
+    assert code == 0, err
+    wb = openpyxl.load_workbook(tmp_path / "s.xlsx")
+    names = [r[1] for r in wb["customers"].iter_rows(min_row=2, values_only=True)]
+    assert names == ["Ann"]
+
+
+def test_offline_commands_enforce_the_api_roles(cluster, capsys, tmp_path):
+    f = workbook(tmp_path / "a.xlsx", [("C-1", "Ann", 10)])
+    assert run(capsys, "import", "xlsx", f, "--table", "customers", "-c", "node-south.toml",
+               "--user", "south-clerk")[0] == 0
+    for action in (["apply", "1"], ["reject", "1"]):
+        code, out, err = run(capsys, "staging", *action, "-c", "node-south.toml",
+                             "--user", "south-clerk")
+        assert code == 2 and "FORBIDDEN" in err and "Try:" in err, (action, err)
+    b = json.loads(run(capsys, "staging", "list", "-c", "node-south.toml", "--json")[1])
+    assert [x["state"] for x in b["batches"]] == ["pending"]
+    code, out, err = run(capsys, "staging", "apply", "1", "-c", "node-south.toml",
+                         "--user", "south-operator")
+    assert code == 0, err

@@ -34,13 +34,47 @@ def client_for(cfg, token: str | None, timeout_s: float = 30.0, *,
     return NodeClient(node_url(cfg), tok, timeout_s)
 
 
+def exit_for_status(status: int) -> int:
+    """The one rule (docs/reference/cli.md): a refusal of what was asked (any 4xx: bad
+    input, unknown id, wrong token or role, a state that forbids it) is 2; an unavailable
+    daemon (503) is 3; any other failure is 1."""
+    if 400 <= status < 500:
+        return EXIT_CRITICAL
+    if status == 503:
+        return EXIT_UNAVAILABLE
+    return 1
+
+
+def refusal(e: NodeRefused, where: str) -> CommandError:
+    """The CommandError for a refusal; an answer without our error body is not a node."""
+    if not e.code or e.code.startswith("HTTP_"):
+        return CommandError(f"{where} answered HTTP {e.status}, not as a riversync node"
+                            " (is listen_port the hub's port?)",
+                            "check listen_host and listen_port in the node config",
+                            exit_code=EXIT_UNAVAILABLE)
+    return CommandError(f"the node refused: {e.code}: {e.message}", e.hint,
+                        exit_code=exit_for_status(e.status))
+
+
+def not_a_node(where: str) -> CommandError:
+    return CommandError(f"{where} answered, but not as a riversync node"
+                        " (is listen_port the hub's port?)",
+                        "check listen_host and listen_port in the node config",
+                        exit_code=EXIT_UNAVAILABLE)
+
+
 def call(fn, *args, **kwargs):
-    """Run one API call; its failures become CommandErrors with a next step."""
+    """Run one API call; its failures become CommandErrors with a next step.  A reply
+    that is not a JSON object is not from a node (a hub answers msgpack)."""
+    where = getattr(getattr(fn, "__self__", None), "base_url", "the server")
     try:
-        return fn(*args, **kwargs)
+        res = fn(*args, **kwargs)
     except NodeUnreachable as e:
         raise CommandError(f"the node does not answer: {e}",
                            "start it with `riversync node serve -c NODE.toml`",
                            exit_code=EXIT_UNAVAILABLE) from None
     except NodeRefused as e:
-        raise CommandError(f"the node refused: {e.code}: {e.message}", e.hint) from None
+        raise refusal(e, where) from None
+    if not isinstance(res, dict):
+        raise not_a_node(where)
+    return res

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from riversync.cli import EXIT_CRITICAL, CommandError
+from riversync.cli import EXIT_UNAVAILABLE, CommandError
 
 from ._nodecfg import add_config_arg, call, client_for, load
 
@@ -26,15 +26,16 @@ def cmd_backup(args) -> int:
     from riversync.node.daemon import NodeLocked, db_lock, is_locked, open_store, schema_path_for
 
     cfg = load(args.config)
+    if not cfg.db_path.exists():  # before the lock, which would leave a lock file behind
+        raise CommandError(f"no database at {cfg.db_path} (db_path in {args.config})",
+                           "check db_path; start the node once if it is new",
+                           EXIT_UNAVAILABLE)
     if is_locked(cfg.db_path):
         res = call(client_for(cfg, args.token, 300.0).post, "/v1/backup", {})
         how = "by the running node"
     else:
         from riversync.engine.schema import load_schema
 
-        if not cfg.db_path.exists():
-            raise CommandError(f"{cfg.db_path} does not exist", "start the node once first",
-                               EXIT_CRITICAL)
         try:
             with db_lock(cfg.db_path):
                 store = open_store(cfg, load_schema(schema_path_for(cfg)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from riversync.cli import EXIT_CRITICAL, CommandError
+from riversync.cli import EXIT_CRITICAL, EXIT_UNAVAILABLE, CommandError
 
 from .staging import add_node_args, emit, open_node
 
@@ -24,7 +24,7 @@ def cmd_ingest_email(args) -> int:
         folder = os.path.abspath(args.dir or str(node.cfg.staging_email_dir))
         if not os.path.isdir(folder):
             raise CommandError(f"no drop folder {folder}", "create it or pass DIR",
-                               EXIT_CRITICAL)
+                               EXIT_UNAVAILABLE)
         if node.desk is None and args.dir and os.path.abspath(args.dir) != os.path.abspath(
                 str(node.cfg.staging_email_dir)):
             raise CommandError("the node is running and watches its own drop folder",

@@ -32,6 +32,9 @@ def cmd_restore(args) -> int:
 
     cfg = load(args.config)
     backup = Path(args.backup).resolve()
+    if not backup.is_file():
+        raise CommandError(f"no backup file {backup}", "check the path; `ls` the backup"
+                           " folder (backup_dir in the node config)", EXIT_UNAVAILABLE)
     try:
         backups.verify_backup(backup)
     except backups.BackupError as e:
@@ -56,9 +59,10 @@ def cmd_restore(args) -> int:
         print(json.dumps(res, indent=2))
     else:
         print(f"Restored node {cfg.node_id} from {backup.name} {how}.")
-        print(f"  new node epoch {res['new_epoch']} (was {res['old_epoch']}); the hub holds "
-              f"events up to {res['hub_last_seq']} of the old epoch "
-              f"(according to the {res['hub_last_seq_from']})")
+        print(f"  new node epoch {res['new_epoch']} (was {res['old_epoch']}); "
+              f"{res['unacknowledged_old_events']} event(s) of the old epoch were not yet "
+              "acknowledged when the backup was taken: the first sync settles them with the "
+              "hub (held there: acknowledged; otherwise pushed)")
         for p in res.get("moved_aside", []):
             print(f"  kept the previous file as {p}")
         print("The node pulls back what the hub holds at its next sync.")

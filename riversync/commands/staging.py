@@ -16,7 +16,7 @@ import sys
 
 from riversync.cli import EXIT_CRITICAL, EXIT_UNAVAILABLE, CommandError
 
-from ._nodecfg import client_for, load
+from ._nodecfg import call, client_for, exit_for_status, load  # noqa: F401 - re-exported
 
 
 def add_node_args(p, *, user: bool = True) -> None:
@@ -31,16 +31,6 @@ def add_node_args(p, *, user: bool = True) -> None:
                        help="act as this roster user when the node is not running "
                             "(default: an operator of this office)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def exit_for_status(status: int) -> int:
-    """The one rule (docs/reference/cli.md): a refusal of what was asked (any 4xx) is 2,
-    an unavailable daemon (503) is 3, anything else that failed is 1."""
-    if 400 <= status < 500:
-        return EXIT_CRITICAL
-    if status == 503:
-        return EXIT_UNAVAILABLE
-    return 1
 
 
 def staging_error(e) -> CommandError:
@@ -91,19 +81,9 @@ class Node:
                 return direct(self.desk)
             except (StagingError, EngineError) as e:
                 raise staging_error(e) from None
-        from riversync.node.client import NodeRefused, NodeUnreachable
-
-        try:
-            if method == "GET":
-                return self.client.get(path)
-            return self.client.post(path, body or {})
-        except NodeRefused as e:
-            raise CommandError(f"{e.code}: {e.message}", e.hint,
-                               exit_for_status(e.status)) from None
-        except NodeUnreachable as e:
-            raise CommandError(f"the node does not answer: {e}",
-                               "start it with `riversync node serve -c NODE.toml`",
-                               EXIT_UNAVAILABLE) from None
+        if method == "GET":
+            return call(self.client.get, path)
+        return call(self.client.post, path, body or {})
 
 
 def default_user(cfg, explicit: str | None) -> str:
@@ -131,6 +111,12 @@ def open_node(args, *, admin: bool = False):
     from riversync.node import daemon
     from riversync.node.staging import StagingDesk, load_import_options
 
+    # Checked before the lock, which would leave a lock file beside a mistyped path.
+    if not cfg.db_path.exists():
+        raise CommandError(
+            f"no database at {cfg.db_path} (db_path in {args.config})",
+            "check db_path; only `riversync node serve` creates a node's database",
+            EXIT_UNAVAILABLE)
     if daemon.is_locked(cfg.db_path):
         yield Node(cfg, client=client_for(cfg, getattr(args, "token", None), timeout_s=600,
                                           admin=admin))
@@ -288,4 +274,4 @@ def b64_file(path: str) -> str:
 
 def check_file(path: str) -> None:
     if not os.path.isfile(path):
-        raise CommandError(f"no such file: {path}", "check the path", EXIT_CRITICAL)
+        raise CommandError(f"no such file: {path}", "check the path", EXIT_UNAVAILABLE)

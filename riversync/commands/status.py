@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import time
 
-from riversync.cli import CommandError
 from riversync.node.client import NodeRefused, NodeUnreachable
 
-from ._nodecfg import add_config_arg, client_for, load
+from ._nodecfg import add_config_arg, client_for, load, not_a_node, refusal
 
 EXIT = {"ok": 0, "warning": 1, "critical": 2}
 
@@ -32,6 +31,10 @@ def _ago(ts: float | None, now: float) -> str:
     return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago"
 
 
+def _lag(lag) -> str:
+    return "unknown (no pull yet)" if lag is None else f"{lag} hub sequence numbers"
+
+
 def render(st: dict) -> str:
     now = st.get("now", time.time())
     agent = st.get("agent") or {}
@@ -41,7 +44,7 @@ def render(st: dict) -> str:
         f"  sync:      {agent.get('state', '?')}; last push {_ago(st.get('last_push_ok'), now)},"
         f" last pull {_ago(st.get('last_pull_ok'), now)}",
         f"  queue:     {st.get('outbox', 0)} events wait for the hub",
-        f"  inbound:   lag {st.get('inbound_lag')} hub sequence numbers; "
+        f"  inbound:   lag {_lag(st.get('inbound_lag'))}; "
         f"{st.get('replay_failures_consecutive', 0)} failed replays in a row",
         f"  conflicts: {st.get('open_conflicts', 0)} open; {st.get('parked', 0)} parked events",
     ]
@@ -67,6 +70,9 @@ def cmd_status(args) -> int:
             print(f"node {cfg.node_id}: CRITICAL\n  the node does not answer: {e}")
         return EXIT["critical"]
     except NodeRefused as e:
-        raise CommandError(f"the node refused: {e.code}: {e.message}", e.hint) from None
+        # A refusal (a bad token: exit 2) must never read as "warning" (1) to monitoring.
+        raise refusal(e, client.base_url) from None
+    if not isinstance(st, dict) or "node_id" not in st or "level" not in st:
+        raise not_a_node(client.base_url)
     print(json.dumps(st, indent=2) if args.json else render(st))
     return EXIT.get(st.get("level"), 2)

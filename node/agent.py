@@ -18,8 +18,9 @@ cursor in one store transaction, so an apply is exactly-once across crashes.
 says what the hub holds of this node: a lost ack is recognised and completed; a hub that
 holds less than was acknowledged (hub restored from a backup) gets the lost batches
 again; a cursor of an older hub epoch is sent unchanged, and the hub, which alone knows
-every restore point since, answers from the right place.  Batches of this node's older
-epochs (the node was restored) come back through the ordinary pull.
+every restore point since, answers from the right place.  For this node's older epochs
+(it was restored) the hello says what the hub holds: that is acknowledged and comes back
+through the ordinary pull; the rest is pushed as the old epoch's continuation.
 
 *Failures* are classed, never logged and skipped: the hub away is retried with
 exponential backoff, jitter and a cap; a gap or a changed hub epoch makes the agent
@@ -160,6 +161,8 @@ class Agent:
         self._pull_override: tuple[int, int] | None = None
         self.batch_max = settings.batch_max_events
         self.may_renew_epoch = True  # until the first local write or completed hello
+        # Older epochs of this node as the hub holds them: epoch -> (batches, last hash).
+        self._old_chains: dict[int, tuple[int, bytes]] = {}
         self.renewed_epoch: tuple[int, int] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -370,6 +373,7 @@ class Agent:
         self.hub_head = reply.head
         mine = next((o for o in reply.origins if o.epoch == self.store.epoch), None)
         await self.db.run(self._align_push_state, mine)
+        await self.db.run(self._align_old_epochs, reply.origins)
         cur = await self.db.run(self.store.get_cursor, "hub")
         if cur is None:
             self._pull_override = (reply.hub_epoch, 0)
@@ -399,16 +403,41 @@ class Agent:
         self.store.meta_set(META_CHAIN, f"{epoch}:{n}:{h.hex()}")
 
     def _pending(self) -> tuple[bytes, Batch, bytes] | None:
+        """The signed batch awaiting an ack, of the current epoch or an older one."""
         raw = self.store.meta_get(META_PENDING)
         if not raw:
             return None
         data = bytes.fromhex(str(raw))
         env = codec.decode(data, Envelope)
         batch = codec.decode(env.b, Batch)
-        if batch.e != self.store.epoch:  # left over from before a new epoch: re-sequenced
-            self.store.meta_set(META_PENDING, "")
-            return None
         return data, batch, body_hash(env.b)
+
+    def _align_old_epochs(self, origins: list[OriginState]) -> None:
+        """Settle this node's older epochs with what the hub holds of them (db thread).
+
+        A restored node starts a new epoch at once but leaves its old epoch's events alone
+        until the hub has answered: the events the hub holds are acknowledged (those the
+        backup lacks come back through the pull), and the rest are pushed as the old
+        epoch's continuation, chained to the hub's last batch of it.  Nothing is numbered
+        twice, so no event can arrive twice under two identities.
+        """
+        current = self.store.epoch
+        held = {o.epoch: o for o in origins if o.epoch != current}
+        epochs = set(held) | {e for e in self.store.own_epochs() if e != current}
+        pending = self._pending()
+        self._old_chains = {}
+        for epoch in sorted(epochs):
+            o = held.get(epoch)
+            n, seq, h = (o.batches, o.last_seq, o.last_hash) if o else (0, 0, ZERO_HASH)
+            self.store.requeue_after(epoch, seq)
+            self.store.mark_acked(epoch, seq)
+            self._old_chains[epoch] = (n, h)
+            if pending is not None and pending[1].e == epoch:
+                batch = pending[1]
+                if not (batch.n == n + 1 and batch.prev == h and batch.first == seq + 1):
+                    # Stored already (covered by the mark) or overtaken: built again from
+                    # the outbox, under the number the hub expects next.
+                    self.store.meta_set(META_PENDING, "")
 
     def _align_push_state(self, held: OriginState | None) -> None:
         """Bring the push chain in line with what the hub holds of this epoch (db thread).
@@ -423,6 +452,8 @@ class Agent:
         hub_seq = held.last_seq if held else 0
         hub_hash = held.last_hash if held else ZERO_HASH
         pending = self._pending()
+        if pending is not None and pending[1].e != epoch:
+            pending = None  # an older epoch's: settled by _align_old_epochs
         if pending is not None:
             _data, batch, phash = pending
             if batch.n == hub_n and phash == hub_hash:
@@ -446,9 +477,11 @@ class Agent:
     def _behind(self, epoch: int, hub_n: int, hub_seq: int, what: str) -> None:
         """The database is older than the hub's record of this epoch (put back from a copy).
 
-        Before any local write, that is exactly a restore: start a new epoch (own events
-        the hub never got move into it) and pull the rest back.  After local writes, new
-        events may already reuse numbers the hub holds, so replication stops instead.
+        Before any local write, that is exactly a restore: start a new epoch for new
+        writes; the old epoch is then settled with the hub like any older epoch (what the
+        hub holds comes back through the pull, the rest is pushed as its continuation).
+        After local writes, new events may already reuse numbers the hub holds, so
+        replication stops instead.
 
         Raises:
             SyncStopped: local writes were taken before the mismatch was seen.
@@ -461,7 +494,7 @@ class Agent:
                 "starts a new node epoch",
             )
         new = new_epoch()
-        self.store.start_new_epoch(new, hub_seq)
+        self.store.begin_epoch(new)
         self.store.meta_set(META_PENDING, "")
         self.store.meta_set(META_CHAIN, "")
         self.renewed_epoch = (epoch, new)
@@ -479,11 +512,19 @@ class Agent:
         pending = self._pending()
         if pending is not None:
             return pending[0]
-        events = self.store.outbox(limit=self.batch_max)
-        events = [e for e in events if e.epoch == self.store.epoch]
+        events = []
+        # Older epochs first: new writes may build on what the restored node wrote before.
+        for old in sorted(self._old_chains):
+            events = self.store.outbox(limit=self.batch_max, epoch=old)
+            if events:
+                epoch = old
+                n, h = self._old_chains[old]
+                break
         if not events:
-            return None
-        epoch, n, h = self._chain()
+            events = self.store.outbox(limit=self.batch_max, epoch=self.store.epoch)
+            if not events:
+                return None
+            epoch, n, h = self._chain()
         batch = make_batch(cluster=self.s.cluster_id, node=self.s.node_id, epoch=epoch, n=n + 1,
                            prev=h, events=events, now_ms=now_ms())
         data = sign(batch, self.key)
@@ -492,7 +533,10 @@ class Agent:
 
     def _acked(self, batch: Batch, h: bytes) -> None:
         self.store.mark_acked(batch.e, batch.last)
-        self._set_chain(batch.e, batch.n, h)
+        if batch.e == self.store.epoch:
+            self._set_chain(batch.e, batch.n, h)
+        else:
+            self._old_chains[batch.e] = (batch.n, h)
         self.store.meta_set(META_PENDING, "")
 
     def _acked_bytes(self, data: bytes) -> int:

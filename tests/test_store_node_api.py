@@ -94,3 +94,29 @@ def test_own_older_epoch_events_from_upstream_are_not_queued(tmp_path):
                              user="nora", now_ms=NOW + 1)
     assert [(e.epoch, e.seq) for e in s.outbox()] == [(6, 1)]  # only the new epoch's write
     s.close()
+
+
+def test_begin_epoch_leaves_old_events_alone_and_never_reuses_an_epoch(tmp_path):
+    from riversync.engine.errors import BadValue
+
+    s = open_store(tmp_path / "n.db", SCHEMA, node="north", epoch=5)
+    _setup(s)
+    s.mark_acked(5, 3)
+    s.begin_epoch(6)
+    assert s.epoch == 6 and s.own_epochs() == {5: 3}
+    assert [(e.epoch, e.seq) for e in s.outbox()] == [(5, 4), (5, 5)]  # as they were
+    (w,) = s.commit_local([LocalChange("update", "teams", "T1", {"coach": "x"})],
+                          user="nora", now_ms=NOW + 1)
+    assert (w.epoch, w.seq) == (6, 1)
+    assert [(e.epoch, e.seq) for e in s.outbox(epoch=5)] == [(5, 4), (5, 5)]
+    assert [(e.epoch, e.seq) for e in s.outbox(epoch=6)] == [(6, 1)]
+    assert [(e.epoch, e.seq) for e in s.outbox()] == [(6, 1), (5, 4), (5, 5)]
+    before = s.digests()
+    for used in (5, 6):
+        with pytest.raises(BadValue):
+            s.begin_epoch(used)
+        assert s.epoch == 6 and s.digests() == before
+    s.close()
+    again = open_store(tmp_path / "n.db", SCHEMA, node="north")
+    assert again.epoch == 6
+    again.close()

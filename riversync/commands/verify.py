@@ -6,6 +6,11 @@ inside a group every state must be equal, since state is a function of the event
 A difference there is a bug or a damaged database, never a matter of waiting.  Nodes in
 different groups are simply not caught up yet.
 
+Two honest exceptions: a node that did not answer is named and the cluster is never
+called converged (nothing is known of it), and nodes whose states differ only because one
+parks events of a newer schema version (it has not been upgraded yet) are reported as
+such, not as damage: the parked events apply once its schema is upgraded.
+
 Exit codes: 0 consistent, 1 nodes with the same events differ, 3 a node did not answer.
 """
 
@@ -15,6 +20,7 @@ import hashlib
 import json
 
 from riversync.cli import EXIT_UNAVAILABLE
+from riversync.engine.merge import NEWER_SCHEMA
 from riversync.node.client import NodeRefused, NodeUnreachable
 
 from ._nodecfg import add_config_arg, client_for, load
@@ -32,36 +38,77 @@ def events_digest(events: dict) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def compare(reports: dict[str, dict]) -> dict:
-    """Group node reports by event set and check state equality inside each group."""
+def compare(reports: dict[str, dict], unreachable: dict[str, str] | None = None,
+            newer_schema_parked: dict[str, int] | None = None) -> dict:
+    """Group node reports by event set and check state equality inside each group.
+
+    ``unreachable`` names nodes that did not answer: then nothing is converged and
+    consistency is unknown (None).  ``newer_schema_parked`` counts, per node, events it
+    parks for a newer schema version: a group whose states differ while one of its nodes
+    parks such events is waiting for an upgrade, not inconsistent."""
+    unreachable = unreachable or {}
+    parked = {n: c for n, c in (newer_schema_parked or {}).items() if c}
     groups: dict[str, list[str]] = {}
     for node, d in reports.items():
         groups.setdefault(events_digest(d.get("events", {})), []).append(node)
     out_groups = []
     consistent = True
+    waiting = False
     for ev, nodes in groups.items():
         states = {reports[n].get("state") for n in nodes}
         same = len(states) == 1
-        consistent &= same
+        lagging = {n: parked[n] for n in sorted(nodes) if n in parked}
+        if not same and lagging:
+            waiting = True
+        else:
+            consistent &= same
         out_groups.append({"events_digest": ev, "nodes": sorted(nodes), "same_state": same,
+                           "newer_schema_parked": lagging,
                            "states": {n: reports[n].get("state") for n in sorted(nodes)}})
     return {
-        "consistent": consistent,
-        "converged": consistent and len(groups) == 1,
+        "consistent": consistent if not unreachable else (False if not consistent else None),
+        "converged": consistent and not waiting and not unreachable and len(groups) == 1,
+        "complete": not unreachable,
         "groups": out_groups,
     }
+
+
+def newer_schema_parked(client) -> int | None:
+    """How many events the node parks for a newer schema version (None: cannot tell)."""
+    try:
+        res = client.get("/v1/conflicts")
+    except (NodeUnreachable, NodeRefused):
+        return None
+    if not isinstance(res, dict):
+        return None
+    return sum(1 for p in res.get("parked", [])
+               if str(p.get("cause", "")).startswith(NEWER_SCHEMA))
 
 
 def cmd_verify(args) -> int:
     reports: dict[str, dict] = {}
     failed: dict[str, str] = {}
+    clients = {}
     for path in args.config:
         cfg = load(path)
+        client = client_for(cfg, args.token, 15.0)
         try:
-            reports[cfg.node_id] = client_for(cfg, args.token, 15.0).get("/v1/digests")
+            rep = client.get("/v1/digests")
         except (NodeUnreachable, NodeRefused) as e:
             failed[cfg.node_id] = str(e)
-    result = compare(reports)
+            continue
+        if not isinstance(rep, dict) or "state" not in rep:
+            failed[cfg.node_id] = f"{client.base_url} answered, but not as a riversync node"
+            continue
+        reports[cfg.node_id] = rep
+        clients[cfg.node_id] = client
+    first = compare(reports, failed)
+    lag: dict[str, int] = {}
+    for g in first["groups"]:
+        if not g["same_state"]:
+            for n in g["nodes"]:
+                lag[n] = newer_schema_parked(clients[n]) or 0
+    result = compare(reports, failed, lag)
     result["unreachable"] = failed
     if args.json:
         result["nodes"] = {n: {"events": d.get("events"), "state": d.get("state"),
@@ -70,12 +117,22 @@ def cmd_verify(args) -> int:
         print(json.dumps(result, indent=2))
     else:
         for g in result["groups"]:
-            verdict = "same state" if g["same_state"] else "DIFFERENT STATES (investigate)"
+            if g["same_state"]:
+                verdict = "same state"
+            elif g["newer_schema_parked"]:
+                who = ", ".join(f"{n} ({c})" for n, c in g["newer_schema_parked"].items())
+                verdict = (f"states differ while {who} park(s) events of a newer schema "
+                           "version: upgrade schema.toml there, then verify again")
+            else:
+                verdict = "DIFFERENT STATES (investigate)"
             print(f"nodes {', '.join(g['nodes'])} hold the same events "
                   f"({g['events_digest'][:12]}…): {verdict}")
         for n, why in failed.items():
             print(f"node {n} did not answer: {why}")
-        if result["converged"]:
+        if failed:
+            print(f"NOT VERIFIED: {', '.join(failed)} did not answer, so nothing can be said "
+                  "about convergence.")
+        elif result["converged"]:
             print("All nodes hold the same events and the same state: converged.")
         elif result["consistent"]:
             print("Consistent: nodes with the same events agree; some are not caught up yet.")

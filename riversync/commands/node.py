@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from riversync.cli import EXIT_CRITICAL, EXIT_UNAVAILABLE, CommandError
+from riversync.config import ConfigError
 
 from ._nodecfg import load
 
@@ -43,6 +44,8 @@ def cmd_serve(args) -> int:
         return asyncio.run(serve(cfg, schema))
     except NodeLocked as e:
         raise CommandError(str(e), "stop the other daemon first", EXIT_UNAVAILABLE) from None
+    except ConfigError as e:  # the key file it names: missing, wrong node, mode, not hex
+        raise CommandError(str(e), e.hint, exit_code=EXIT_CRITICAL) from None
     except EngineError as e:
         raise CommandError(str(e), e.hint, exit_code=EXIT_CRITICAL) from None
     except OSError as e:

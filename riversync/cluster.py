@@ -5,7 +5,9 @@ Everything a cluster needs to start is made here, once, in one directory:
 - ``keys/<office>.key``: each node's Ed25519 seed (hex), mode 0600 in a 0700 directory;
 - ``roster.toml``: cluster id, offices, nodes with their public keys, users with home
   office, role and the SHA-256 of their token (never the token itself);
-- ``hub.toml`` and ``node-<office>.toml``;
+- ``hub.toml`` and ``node-<office>.toml`` (the hub listens on the port of ``hub_url``);
+- ``schema.toml``: a copy of the schema given (default: the example leagues schema),
+  checked first, since every daemon reads it beside the roster;
 - ``tokens.txt`` (0600): the plain tokens, so a demo script can log in.  They are also
   printed once; an operator hands them out and deletes the file.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,9 @@ import tomli_w
 
 from riversync import config
 from riversync.protocol.keys import SigningKey
+
+# The schema a new cluster gets when none is named: the example the demo and docs use.
+DEFAULT_SCHEMA = Path(__file__).resolve().parent.parent / "examples" / "leagues" / "schema.toml"
 
 
 class ClusterInitError(Exception):
@@ -50,6 +56,7 @@ class ClusterFiles:
     tokens_file: Path
     tokens: dict[str, str] = field(default_factory=dict)
     users: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (office, role)
+    schema: Path | None = None
 
     def to_json(self) -> dict:
         return {
@@ -62,6 +69,7 @@ class ClusterFiles:
             "node_configs": {k: str(v) for k, v in self.node_configs.items()},
             "key_files": {k: str(v) for k, v in self.key_files.items()},
             "tokens_file": str(self.tokens_file),
+            "schema": str(self.schema) if self.schema else None,
             "users": {
                 name: {"home_office": o, "role": r, "token": self.tokens[name]}
                 for name, (o, r) in self.users.items()
@@ -104,20 +112,47 @@ def init_cluster(
     offices: list[str],
     *,
     hub_url: str | None = None,
-    hub_port: int = config.DEFAULT_HUB_PORT,
+    hub_port: int | None = None,
     first_node_port: int = config.DEFAULT_NODE_PORT,
+    schema: Path | str | None = DEFAULT_SCHEMA,
 ) -> ClusterFiles:
     """Create a new cluster in ``directory`` (made if missing, refused if it holds one).
+
+    The hub listens on ``hub_port``, else on the port ``hub_url`` names, else on the
+    default port.  ``schema`` is checked and copied to ``schema.toml`` (None: no copy).
 
     Raises:
         ClusterInitError: the directory already holds a cluster, or bad arguments.
     """
     d = Path(directory)
     check_offices(offices)
-    hub_url = (hub_url or f"http://127.0.0.1:{hub_port}").rstrip("/")
-    if not hub_url.startswith(("http://", "https://")):
-        raise ClusterInitError(f"hub URL {hub_url!r} is not an http(s) URL",
-                               hint="--hub-url http://hub.example:8700")
+    if hub_url is not None:
+        hub_url = hub_url.rstrip("/")
+        parts = urllib.parse.urlsplit(hub_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ClusterInitError(f"hub URL {hub_url!r} is not an http(s) URL",
+                                   hint="--hub-url http://hub.example:8700")
+        try:
+            url_port = parts.port
+        except ValueError:
+            raise ClusterInitError(f"hub URL {hub_url!r} has a bad port",
+                                   hint="--hub-url http://hub.example:8700") from None
+        if hub_port is None:
+            hub_port = url_port or config.DEFAULT_HUB_PORT
+    if hub_port is None:
+        hub_port = config.DEFAULT_HUB_PORT
+    hub_url = hub_url or f"http://127.0.0.1:{hub_port}"
+    schema_text = None
+    if schema is not None:
+        from riversync.engine.errors import SchemaError
+        from riversync.engine.schema import load_schema
+
+        try:
+            load_schema(schema)
+        except SchemaError as e:
+            raise ClusterInitError(str(e), hint="--schema PATH naming a valid schema file"
+                                   " (docs/reference/schema.md)") from None
+        schema_text = Path(schema).read_bytes()
     if (d / "roster.toml").exists() or (d / "keys").exists():
         raise ClusterInitError(
             f"{d} already holds a cluster (roster.toml or keys/ exists)",
@@ -206,6 +241,11 @@ def init_cluster(
                     0o644)
         node_configs[office] = p
 
+    schema_path = None
+    if schema_text is not None:
+        schema_path = d / "schema.toml"
+        config.write_private(schema_path, schema_text, 0o644)
+
     tokens_path = d / "tokens.txt"
     lines = ["# user  home_office  role  token  (plain tokens: hand out, then delete this file)"]
     lines += [f"{name} {o} {r} {tokens[name]}" for name, (o, r) in users.items()]
@@ -214,7 +254,7 @@ def init_cluster(
     return ClusterFiles(
         dir=d, cluster_id=cluster_id, offices=list(offices), hub_url=hub_url, roster=roster_path,
         hub_config=hub_path, node_configs=node_configs, key_files=key_files,
-        tokens_file=tokens_path, tokens=tokens, users=users,
+        tokens_file=tokens_path, tokens=tokens, users=users, schema=schema_path,
     )
 
 

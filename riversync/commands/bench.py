@@ -9,8 +9,9 @@ process's peak memory.  Exit code 1 if the two replays disagree on the final sta
 from __future__ import annotations
 
 import json
+import os
 
-from riversync.cli import EXIT_CRITICAL, CommandError
+from riversync.cli import EXIT_CRITICAL, EXIT_UNAVAILABLE, CommandError
 
 
 def register(subparsers) -> None:
@@ -37,6 +38,10 @@ def cmd_replay(args) -> int:
     if args.events < 1_000:
         raise CommandError(f"--events {args.events} is too small to measure",
                            hint="riversync bench replay --events 200000", exit_code=EXIT_CRITICAL)
+    if args.workdir is not None and not os.path.isdir(args.workdir):
+        raise CommandError(f"--workdir {args.workdir} is not a folder",
+                           hint="create it, or leave --workdir out to use the system temp",
+                           exit_code=EXIT_UNAVAILABLE)
     try:
         out = replay_bench.run(args.events, seed=args.seed, workdir=args.workdir)
     except AssertionError as e:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 
-from riversync.cli import EXIT_CRITICAL, CommandError
-from riversync.cluster import ClusterInitError, init_cluster, parse_offices
+from riversync.cli import EXIT_CRITICAL, EXIT_UNAVAILABLE, CommandError
+from riversync.cluster import DEFAULT_SCHEMA, ClusterInitError, init_cluster, parse_offices
 
 
 def register(subparsers) -> None:
@@ -22,13 +23,20 @@ def register(subparsers) -> None:
                       help="comma-separated office names; each office gets one node")
     init.add_argument("--hub-url", default=None, metavar="URL",
                       help="URL the nodes use to reach the hub (default http://127.0.0.1:8700)")
+    init.add_argument("--schema", default=None, metavar="PATH",
+                      help="the cluster's schema, copied to DIR/schema.toml (default: the "
+                           "example leagues schema)")
     init.add_argument("--json", action="store_true", help="print a JSON summary (with tokens)")
     init.set_defaults(handler=cmd_init)
 
 
 def cmd_init(args) -> int:
+    if args.schema is not None and not os.path.isfile(args.schema):
+        raise CommandError(f"no schema file {args.schema}", "check the --schema path",
+                           exit_code=EXIT_UNAVAILABLE)
     try:
-        files = init_cluster(args.dir, parse_offices(args.offices), hub_url=args.hub_url)
+        files = init_cluster(args.dir, parse_offices(args.offices), hub_url=args.hub_url,
+                             schema=args.schema or DEFAULT_SCHEMA)
     except ClusterInitError as e:
         raise CommandError(str(e), e.hint, exit_code=EXIT_CRITICAL) from None
     except OSError as e:
@@ -40,6 +48,7 @@ def cmd_init(args) -> int:
     print(f"Created cluster {files.cluster_id} in {files.dir} "
           f"with offices {', '.join(files.offices)}.")
     print(f"  roster:  {files.roster}")
+    print(f"  schema:  {files.schema}  (copied from {args.schema or DEFAULT_SCHEMA})")
     print(f"  hub:     {files.hub_config}  (riversync hub serve -c {files.hub_config})")
     for office, path in files.node_configs.items():
         print(f"  node {office}: {path}  key {files.key_files[office]} (mode 600)")

@@ -204,6 +204,11 @@ class Store:
         self.max_drift_ms = max_drift_ms
         self.rules = merge.Rules(schema, roster)
         self.fast_types = _fast_types(schema)
+        # tables no merge decision asks about (no column references them, no table follows
+        # their owner): their row summaries may wait in memory until a recompute
+        asked = {t.parent_table for t in schema.tables.values()}
+        asked.update(r for t in schema.tables.values() for r in t.references.values())
+        self.unasked_tables = frozenset(schema.tables) - asked
         # a whole row's values in the table's column order, from a dict (one C call)
         self.row_getters = {n: _row_getter(t) for n, t in schema.tables.items()}
         self._fault = None  # test hook: called with a phase name inside transactions
@@ -1002,6 +1007,9 @@ class _Apply:
                 if kind != CREATE:
                     statuses.append((jid, tbl, pk, merge.PARKED, merge.ROW_NOT_KNOWN, tbl, pk))
                     continue
+                if len(r.jids) > 1:  # events of this row wait for it: fold them all at once
+                    slow.add(key)
+                    continue
                 r.known = True
                 if pcol:
                     r.ppk = ev.values[pcol]
@@ -1084,8 +1092,12 @@ class _Apply:
         params = []
         add = params.append
         none3 = (None, None, None)
+        slow = self.slow
+        unasked = self.s.unasked_tables
         for (tbl, pk), r in self.rows.items():
             if r is not None and r.dirty:
+                if tbl in unasked and (tbl, pk) in slow:
+                    continue  # recomputed next from this copy, and written then
                 tr = r.transfers
                 add((tbl, pk, r.known, r.live, r.created, r.owner0,
                      _pack_transfers(tr) if tr else None, r.ppk, *(r.key or none3),
@@ -1201,7 +1213,22 @@ class _Apply:
                 by_table.setdefault(tbl, []).append(pk)
         olds = {}
         all_jids: list[int] = []
+        rows = self.rows
+        for tbl, pks in list(by_table.items()):
+            # A row kept back by _flush: its summary is here, not yet in the database.
+            rest = []
+            for pk in pks:
+                r = rows.get((tbl, pk))
+                if r is not None and r.dirty:
+                    olds[(tbl, pk)] = (r.known, r.live, r.owner0, _pack_transfers(r.transfers),
+                                       r.jids)
+                    all_jids.extend(r.jids)
+                else:
+                    rest.append(pk)
+            by_table[tbl] = rest
         for tbl, pks in by_table.items():
+            if not pks:
+                continue
             for pk, known, live, owner0, tr, blob in conn.execute(
                     "SELECT pk, known, live, owner0, transfers, jids FROM _rs_rows WHERE tbl=?"
                     " AND pk IN (SELECT value FROM json_each(?))", (tbl, json.dumps(pks))):

@@ -46,7 +46,8 @@ class Malformed(ProtocolError):
 class TooLarge(ProtocolError):
     code = "TOO_LARGE"
     http_status = 413
-    hint = "send smaller batches (lower batch_max_events)"
+    hint = ("the hub refuses a blob over limits.max_body_bytes or a batch over"
+            " limits.max_events_per_batch (hub.toml): raise them there")
 
 
 class BadSignature(ProtocolError):

@@ -60,6 +60,7 @@ def test_a_representative_set_of_commands_exit_by_the_rule(cluster, tmp_path):
         (["restore", str(tmp_path / "missing.db"), "-c", south], 3),
         (["ingest", "email", str(tmp_path / "no-folder"), "-c", south], 3),
         (["import", "xlsx", str(xlsx), "--table", "nope", "-c", south], 2),
+        (["bench", "replay", "--workdir", str(tmp_path / "nonexist")], 3),
     ]
     for argv, want in cases:
         p = cli(*argv)
@@ -101,3 +102,15 @@ def test_offline_commands_refuse_a_missing_database_and_create_none(cluster, tmp
         assert "no database" in p.stderr
     assert list(wrong.parent.iterdir()) == []
     assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").iterdir())
+
+
+def test_refusals_of_an_uploaded_workbook_name_the_users_file(cluster, tmp_path):
+    """Through the running node the workbook travels under a temporary name; messages
+    must still name the file the user gave."""
+    bad = tmp_path / "roster-march.xlsx"
+    bad.write_bytes(b"this is not a workbook")
+    p = cli("import", "xlsx", str(bad), "--table", "players", "-c",
+            str(cluster.node_configs["north"]))
+    assert p.returncode == 2, p.stderr
+    one_line_error(p)
+    assert "roster-march.xlsx" in p.stderr and "upload.xlsx" not in p.stderr

@@ -130,3 +130,23 @@ def test_offline_commands_enforce_the_api_roles(cluster, capsys, tmp_path):
     code, out, err = run(capsys, "staging", "apply", "1", "-c", "node-south.toml",
                          "--user", "south-operator")
     assert code == 0, err
+
+
+def test_an_emailed_key_with_a_control_character_is_staged_invalid(cluster, capsys, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    body = ("table: customers\ncustomer_id: C-\x009\nname: Nul Key\n\n"
+            "customer_id: C-10\nname: Fine\n")
+    (inbox / "001.eml").write_bytes(
+        ("From: a@example.org\nTo: b@example.org\nSubject: new customers\n"
+         "Message-ID: <nul-key@example.org>\nMIME-Version: 1.0\n"
+         "Content-Type: text/plain; charset=utf-8\n\n" + body).encode())
+    code, out, err = run(capsys, "ingest", "email", str(inbox), "-c", "node-north.toml")
+    assert code == 0, err
+    rows = json.loads(run(capsys, "staging", "show", "1", "-c", "node-north.toml",
+                          "--json")[1])["rows"]
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["C-10"]["status"] == "valid"
+    bad = [r for r in rows if r["key"] != "C-10"]
+    assert bad and bad[0]["status"] == "invalid"
+    assert "control character" in json.dumps(bad[0]["errors"])

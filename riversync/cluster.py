@@ -223,12 +223,18 @@ def init_cluster(
             "db_path": f"{office}.db",
             "key_path": f"keys/{office}.key",
             "roster_path": "roster.toml",
+            "schema_path": "schema.toml",
             "sync_interval_s": config.DEFAULT_SYNC_INTERVAL_S,
             "realtime": config.DEFAULT_REALTIME,
+            "replay_retry_threshold": config.DEFAULT_REPLAY_RETRY_THRESHOLD,
             "backup_dir": f"backups/{office}",
+            "backup_keep_last": config.DEFAULT_BACKUP_KEEP_LAST,
+            "backup_keep_daily": config.DEFAULT_BACKUP_KEEP_DAILY,
             "staging": {
                 "xlsx_dir": f"staging/{office}/xlsx",
                 "email_dir": f"staging/{office}/email",
+                "watch_email": config.DEFAULT_WATCH_EMAIL,
+                "email_poll_s": config.DEFAULT_EMAIL_POLL_S,
             },
             "alerts": {
                 "warn_no_sync_s": config.DEFAULT_WARN_NO_SYNC_S,

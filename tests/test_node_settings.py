@@ -110,3 +110,11 @@ def test_a_node_runs_on_a_configured_schema_and_keeps_the_configured_backups(tmp
         assert [str(p) for p in left] == made[1:]
     finally:
         c.stop_all()
+
+
+def test_cluster_init_writes_every_new_setting(cdir):
+    data = tomllib.loads((cdir / "node-south.toml").read_text())
+    assert data["schema_path"] == "schema.toml"
+    assert data["replay_retry_threshold"] == config.DEFAULT_REPLAY_RETRY_THRESHOLD
+    assert (data["backup_keep_last"], data["backup_keep_daily"]) == (24, 14)
+    assert data["staging"]["watch_email"] is False and data["staging"]["email_poll_s"] == 30

@@ -1152,7 +1152,12 @@ class _Apply:
         done: set[tuple[str, str]] = set()
         newly_known: set[tuple[str, str]] = set()
         self._run(list(self.slow), done, newly_known)
-        pending = set(self.touched) | done
+        # Only a known row can release what waits for it (a missing reference, "row not
+        # known", a resolve whose conflict was not held): a row still unknown releases
+        # nothing, so its waiting events are not folded again for nothing.
+        rows = self.rows
+        pending = {k for k in set(self.touched) | done
+                   if (r := rows.get(k)) is not None and r.known}
         while pending and _one(conn, "SELECT EXISTS(SELECT 1 FROM _rs_status"
                                      " WHERE wtbl IS NOT NULL)"):
             retry = [tuple(r) for r in conn.execute(

@@ -170,6 +170,7 @@ class RowResult:
     transfers: list[tuple[Key, str]] = field(default_factory=list)
     ppk: str | None = None
     max_key: Key | None = None
+    created: bool = False  # a valid create was ever applied (a delete leaves it True)
     verdicts: dict[EventId, Verdict] = field(default_factory=dict)
     closed: dict[EventId, tuple[EventId, str]] = field(default_factory=dict)
 
@@ -199,9 +200,11 @@ def fold_row(
     evs = sorted(events, key=lambda e: (e.hlc, e.node, e.epoch, e.seq))
     verdicts: dict[EventId, Verdict] = {}
     active = []
+    schema = rules.schema
+    has_refs = bool(table.references)
     for ev in evs:
-        v = static_verdict(ev, rules.schema)
-        if v is None:
+        v = static_verdict(ev, schema)
+        if v is None and has_refs:
             for ref in ref_waits(ev, table):
                 if not known(*ref):
                     v = Verdict(PARKED, f"{MISSING_REF}: {ref[0]} {ref[1]!r}", ref)
@@ -289,6 +292,7 @@ def fold_row(
         else:
             values = None
     res.values = values
+    res.created = created
     keys = [ev.order_key for ev in evs if verdicts[ev.event_id].status != PARKED]
     res.max_key = max(keys) if keys else None
     return res

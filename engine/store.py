@@ -1282,8 +1282,7 @@ class _Apply:
                     inserts.setdefault(tbl, []).append((pk, *vals))
             elif was_live:
                 deletes.setdefault(tbl, []).append((pk,))
-            created = any(ev.kind == CREATE and out.verdicts[ev.event_id].accepted
-                          for ev in events)
+            created = out.created
             transfers = _pack_transfers(out.transfers)
             row_params.append((tbl, pk, out.known, out.live, created, out.owner0, transfers,
                                out.ppk, *(out.max_key or (None, None, None)), jids.tobytes()))

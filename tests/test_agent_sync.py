@@ -27,6 +27,7 @@ from riversync.node.db import DbThread
 from riversync.node.health import NodeMetrics
 from riversync.node.localcluster import LocalCluster
 from riversync.node.transport import HubClient, HubUnreachable
+from riversync.protocol.errors import ProtocolError
 from riversync.protocol.keys import NodeEntry
 
 pytestmark = pytest.mark.slow
@@ -146,6 +147,7 @@ def test_c16_ack_lost_then_hello_completes_it_without_resending(hub_only):
 
 
 def test_c14_a_batch_that_does_not_verify_changes_nothing_and_stops(hub_only):
+    """Proves [N-REPLY-1] and [N-CUR-1]: only a batch that verifies can change the node."""
     async def main():
         south = await Node(hub_only, "south").open()
         await south.write("S-1", "S-2")
@@ -248,5 +250,86 @@ def test_without_realtime_changes_travel_with_the_periodic_sync(tmp_path):
         c.wait_for("P-1 at south", lambda: c.client("south").get(
             "/v1/tables/players/rows")["rows"], WAIT)
         c.wait_for("convergence", c.converged, WAIT)
+    finally:
+        c.stop_all()
+
+
+def test_after_a_sequence_gap_the_node_keeps_its_events_says_hello_and_pushes_them(hub_only):
+    """Proves [N-KEEP-1] for `SEQUENCE_GAP`: the hub came back from a backup that lacks
+    north's batch 1, so north's batch 2 is refused.  North drops nothing, says hello, learns
+    the hub holds none of its epoch, and pushes both events again under their own numbers."""
+    c = hub_only
+    backup = c.dir / "hub-empty.db"
+    subprocess.run([str(RIVERSYNC), "hub", "backup", "-c", str(c.hub_config), str(backup)],
+                   check=True, capture_output=True, timeout=WAIT)
+
+    async def main():
+        north = await Node(c, "north").open()
+        await north.write("P-1")
+        await north.agent.hello()
+        assert await north.agent.push_all() == 1
+        c.stop("hub")
+        subprocess.run([str(RIVERSYNC), "hub", "restore", "-c", str(c.hub_config), str(backup)],
+                       check=True, capture_output=True, timeout=WAIT)
+        c.start("hub")
+        await north.write("P-2")
+        with pytest.raises(ProtocolError) as e:
+            await north.agent.push_all()  # no hello since the hub's restore
+        assert e.value.code == "SEQUENCE_GAP"
+        assert await north.db.run(north.store.outbox_size) == 1  # P-2 kept, still queued
+        north.agent.start()  # the sync loop acts on the refusal
+        try:
+            for _ in range(int(WAIT * 10)):
+                if await north.db.run(north.store.outbox_size) == 0:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await north.agent.stop()
+        north.hub = HubClient(north.cfg.hub_url)
+        north.agent.hub = north.hub
+        reply = await north.agent.hello()
+        held = {o.epoch: o for o in reply.origins}[north.store.epoch]
+        assert held.last_seq == 2  # P-1 and P-2, numbers unchanged: 1 and 2
+        for pk in ("P-1", "P-2"):
+            assert await north.db.run(north.store.get_row, "players", pk) is not None
+        assert north.agent.state != "stopped"
+        await north.close()
+
+    asyncio.run(asyncio.wait_for(main(), WAIT * 2))
+
+
+def test_after_clock_skew_the_node_keeps_its_events_and_pushes_them_once_in_bounds(tmp_path):
+    """Proves [N-KEEP-1] for `CLOCK_SKEW`: the hub (max drift 1 s) refuses an event stamped
+    4 s ahead; the node keeps it queued, says hello, and the same event is stored once the
+    hub's clock has caught up."""
+    from riversync.node.localcluster import update_toml
+
+    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA).create()
+    update_toml(c.hub_config, limits={"max_drift_ms": 1000})
+    try:
+        c.start("hub")
+
+        async def main():
+            import time
+
+            north = await Node(c, "north").open()
+            ahead = int(time.time() * 1000) + 4000
+            (ev,) = await north.db.run(
+                north.store.commit_local,
+                [LocalChange(kind="create", table="players", pk="P-1",
+                             values={"full_name": "early"})],
+                user="north-clerk", now_ms=ahead)
+            with pytest.raises(ProtocolError) as e:
+                await north.agent.sync_now()
+            assert e.value.code == "CLOCK_SKEW" and north.agent.state == "backoff"
+            assert [x.event_id for x in await north.db.run(north.store.outbox)] == [ev.event_id]
+            await asyncio.sleep(max(0.0, (ahead - 1000) / 1000 - time.time()) + 0.5)
+            assert (await north.agent.sync_now())["pushed"] == 1
+            reply = await north.agent.hello()
+            held = {o.epoch: o for o in reply.origins}[north.store.epoch]
+            assert (held.batches, held.last_seq) == (1, ev.seq)
+            await north.close()
+
+        asyncio.run(asyncio.wait_for(main(), WAIT))
     finally:
         c.stop_all()

@@ -132,6 +132,7 @@ def drained(c: LocalCluster, office: str) -> bool:
 
 
 def test_c21b_c19_restore_under_a_running_node(cluster):
+    """Proves [N-EPOCH-1]: a restored node writes under a new epoch from sequence 1."""
     c = cluster
     cfg = str(c.node_configs["north"])
     add(c, "north", "B-", 3)
@@ -213,7 +214,9 @@ def test_c19_backup_and_restore_with_the_node_stopped_and_the_hub_away(cluster):
 def test_a_database_put_back_by_hand_starts_a_new_epoch_before_any_write(cluster):
     """Not `riversync restore` but a file copied back: the hub holds more of the node's
     epoch than the file does.  At start, before the API takes a write, the node starts a
-    new epoch itself and pulls its own events back, instead of forking."""
+    new epoch itself and pulls its own events back, instead of forking.
+
+    Proves [N-EPOCH-1]: the new epoch starts before the node signs anything."""
     c = cluster
     cfg = str(c.node_configs["north"])
     add(c, "north", "B-", 2)

@@ -82,6 +82,8 @@ def check_clean(c: LocalCluster) -> dict[str, tuple]:
 
 
 def test_restore_with_the_hub_away_keeps_every_event_once(tmp_path):
+    """Proves [N-EPOCH-2] (no event re-numbered, the rest pushed as the old epoch's
+    continuation) and [N-EPOCH-1] (new writes go to the new epoch at once)."""
     c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
                      realtime=True).create()
     cfg = str(c.node_configs["north"])

@@ -41,6 +41,7 @@ def _customer(north: Origin, pk: str, values: dict, t="09:00:00.000"):
 
 
 def test_c04_equal_hlc_ties_break_per_event_by_node_id(stores):
+    """Proves [M-ORDER-1] through stores."""
     north, hub = Origin("north"), Origin("hub")
     base = _customer(north, "K-4", {"phone": "555-0100", "fax": "555-0101"})
     e1 = north.update(at("10:00:00.000"), "customers", "K-4",
@@ -62,6 +63,7 @@ def test_c04_equal_hlc_ties_break_per_event_by_node_id(stores):
 
 
 def test_c05_delete_then_recreate_same_key(stores):
+    """Proves [M-LIVE-1] and [M-DEL-1] through stores."""
     north = Origin("north")
     c1 = north.create(at("10:00:00.000"), "customers", "K-5",
                       {"name": "Sample Logistics", "phone": "555-0150"}, "nora")
@@ -86,6 +88,7 @@ def test_c05_delete_then_recreate_same_key(stores):
 
 @pytest.mark.parametrize("override_at", ["10:00:01.000", "10:00:03.000"])
 def test_c06_late_update_after_delete_never_makes_a_zombie_row(stores, override_at):
+    """Proves [M-DEL-1] through stores, in both arrival orders."""
     north, hub = Origin("north"), Origin("hub")
     base = _customer(north, "K-6", {"phone": "555-0160", "note": "n"})
     override = hub.update(at(override_at), "customers", "K-6", {"phone": "555-0166"}, "admin",
@@ -110,6 +113,7 @@ def test_c06_late_update_after_delete_never_makes_a_zombie_row(stores, override_
 
 
 def test_c08_absent_column_is_not_null_and_null_is_not_no_change(stores):
+    """Proves [M-EVENT-1] for updates through signed batches."""
     north = Origin("north")
     steps = [
         _customer(north, "K-8", {"phone": "555-0180", "fax": "555-0181", "note": "call first"}),
@@ -147,6 +151,7 @@ def _through_the_wire(node: str, events, n: int = 1):
 
 
 def test_c09_update_is_an_update_not_insert_or_replace(stores):
+    """Proves [M-EVENT-1]: an update changes the row in place, it is not a delete and insert."""
     north = Origin("north")
     setup = [north.create(at("09:00:00.000"), "orders", "O-9",
                           {"status": "open", "note": "deliver after 2pm"}, "nora")]
@@ -184,6 +189,7 @@ def test_c09_update_is_an_update_not_insert_or_replace(stores):
 
 
 def test_c10_non_owner_edit_through_replication_is_a_conflict(stores, tmp_path):
+    """Proves [M-OWN-4] on every replica: a non-owner edit is queued with its cause."""
     north_o, south_o = Origin("north"), Origin("south")
     base = _customer(north_o, "K-10", {"credit_limit": 1000})
     north = stores("north", node="north")
@@ -221,6 +227,7 @@ def test_c10_non_owner_edit_through_replication_is_a_conflict(stores, tmp_path):
 
 
 def test_c12_two_resolutions_of_one_conflict_settle_without_a_loop(stores):
+    """Proves [M-RES-2] through stores."""
     north_o, south_o, hub_o = Origin("north"), Origin("south"), Origin("hub")
     base = _customer(north_o, "K-12", {"credit_limit": 1000})
     edit = south_o.update(at("10:00:05.000"), "customers", "K-12", {"credit_limit": 5000}, "sam")
@@ -250,6 +257,7 @@ def test_c12_two_resolutions_of_one_conflict_settle_without_a_loop(stores):
 
 
 def test_c13_audit_commits_with_the_change_once_and_never_changes(stores):
+    """Proves [N-CUR-2] for the audit: re-applying held events adds nothing."""
     north_o = Origin("north")
     base = [_customer(north_o, "K-13", {"phone": "555-0130"}),
             _customer(north_o, "K-99", {"vat_number": "XX000000099"})]

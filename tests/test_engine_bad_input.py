@@ -103,6 +103,7 @@ def test_non_owner_local_change_raises_not_owner_and_changes_nothing(north):
     (lambda o: o.delete(at("11:00"), "leagues", "L1", "sam"), merge.CONFLICT, merge.NOT_OWNER),
 ])
 def test_bad_remote_event_is_parked_or_queued_and_no_row_changes(north, make, status, cause):
+    """Proves [M-PARK-1], [M-PARK-2] and [M-OWN-4]: held, listed with the cause, not applied."""
     before_tables = north.digests()["tables"]
     before_audit = north.audit_count()
     ev = make(Origin("south"))
@@ -138,6 +139,7 @@ def test_remote_primary_key_longer_than_the_schema_allows_is_parked(tmp_path):
 
 
 def test_far_future_clock_is_refused_whole(north):
+    """Proves [N-CUR-1]: a batch applies whole or not at all."""
     from riversync.protocol.errors import ClockSkew
 
     before = _state(north)

@@ -71,6 +71,7 @@ def _check_remote(path, tmp_path):
 
 @pytest.mark.parametrize("fault_at", [1, 4])
 def test_sigkill_inside_a_remote_apply_leaves_it_wholly_absent(tmp_path, fault_at):
+    """Proves [N-CUR-1]: a batch and its cursor commit together or not at all."""
     path = tmp_path / "n.db"
     assert _run_child(path, "remote", fault_at=fault_at) == -signal.SIGKILL
     assert _check_remote(path, tmp_path) == fault_at - 1

@@ -51,6 +51,7 @@ def test_first_open_needs_an_epoch_and_a_database_keeps_its_node(tmp_path):
 
 
 def test_restart_or_clock_step_back_never_reissues_a_timestamp(tmp_path):
+    """Proves [N-HLC-1] for issued HLCs: after a restart the clock starts from the last one."""
     s = open_store(tmp_path / "n.db", SCHEMA, node="north")
     first = _setup(s, now=NOW)
     s.close()
@@ -74,6 +75,7 @@ def test_remote_clock_advances_the_local_one(tmp_path):
 
 
 def test_cursor_moves_with_its_apply_and_not_without_it(tmp_path):
+    """Proves [N-CUR-1]: the cursor moves in the apply's transaction, and not on a refusal."""
     s = open_store(tmp_path / "n.db", SCHEMA, node="north")
     o = Origin("south")
     ev = o.create(at("10:00"), "players", "P1", {"full_name": "A"}, "sam")
@@ -129,6 +131,7 @@ def _all_events(store):
 
 
 def test_late_transfer_of_a_parent_recomputes_its_children(tmp_path):
+    """Proves [M-OWN-5] in a store: the late transfer recomputes the rows from the journal."""
     north = open_store(tmp_path / "n.db", SCHEMA, node="north")
     events = _setup(north)
     o_s = Origin("south")
@@ -151,6 +154,7 @@ def test_late_transfer_of_a_parent_recomputes_its_children(tmp_path):
 
 
 def test_resolve_locally_accept_closes_the_conflict_everywhere(tmp_path):
+    """Proves [M-RES-1] for `accept` on two replicas."""
     north = open_store(tmp_path / "n.db", SCHEMA, node="north")
     events = _setup(north)
     edit = Origin("south").update(hlc.make(NOW + 10), "teams", "T1", {"coach": "Kim"}, "sam")
@@ -174,6 +178,7 @@ def test_resolve_locally_accept_closes_the_conflict_everywhere(tmp_path):
 
 
 def test_schema_upgrade_unparks_events_for_a_new_table(tmp_path):
+    """Proves [M-PARK-1] (retried, not dropped) and [M-PARK-2] (listed with its cause)."""
     doc = {"version": 1, "tables": {"a": {"primary_key": "id", "columns": {"id": "text",
                                                                           "x": "text"}}}}
     v1 = parse_schema(doc)

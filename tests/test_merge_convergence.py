@@ -89,6 +89,7 @@ def _apply_in_batches(store, events, cuts):
 
 @given(histories(), st.randoms(use_true_random=False), st.data())
 def test_replicas_converge_and_match_the_model(events, rnd, data):
+    """Proves [M-PURE-1]: order, batching and duplication do not change any digest."""
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         a = open_store(d / "a.db", SCHEMA)

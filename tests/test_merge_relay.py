@@ -53,6 +53,7 @@ def _events(store):
 
 @given(st.lists(step, min_size=8, max_size=40))
 def test_local_writes_relayed_in_any_pattern_converge(steps):
+    """Proves [M-PURE-1] through the real write path."""
     with tempfile.TemporaryDirectory() as d:
         stores = [open_store(Path(d) / f"{n}.db", SCHEMA, node=n, epoch=i + 1)
                   for i, n in enumerate(NODES)]

@@ -26,12 +26,14 @@ def v(res, ev):
 
 
 def test_rule_create_is_a_whole_row_with_defaults():
+    """Proves [M-EVENT-1]: a create is the whole row; columns it omits take their defaults."""
     n = Origin("north")
     res = fold([n.create(at("10:00"), "clubs", "c1", {"name": "A"}, "nora")])
     assert res.values == {"name": "A", "phone": None, "size": None}
 
 
 def test_rule_update_absent_column_untouched_and_null_is_a_value():
+    """Proves [M-EVENT-1]: an update sets only the columns it names, and nil is a value."""
     n = Origin("north")
     res = fold([n.create(at("10:00"), "clubs", "c1", {"name": "A", "phone": "1", "size": 3},
                          "nora"),
@@ -40,6 +42,7 @@ def test_rule_update_absent_column_untouched_and_null_is_a_value():
 
 
 def test_rule_per_column_last_writer_wins_in_any_order():
+    """Proves [M-LWW-1]: each column holds the greatest order key that set it, in any order."""
     n = Origin("north")
     c = n.create(at("10:00"), "clubs", "c1", {"name": "A"}, "nora")
     u1 = n.update(at("10:02"), "clubs", "c1", {"phone": "new"}, "nora")
@@ -49,6 +52,7 @@ def test_rule_per_column_last_writer_wins_in_any_order():
 
 
 def test_rule_equal_hlc_breaks_ties_by_origin_and_columns_win_together():
+    """Proves [M-ORDER-1]: equal HLCs break on the node, per event, not per column."""
     n, h = Origin("north"), Origin("hub")
     c = n.create(at("09:00"), "clubs", "c1", {"name": "A"}, "nora")
     e1 = n.update(at("10:00"), "clubs", "c1", {"phone": "n", "size": 1}, "nora")
@@ -58,6 +62,7 @@ def test_rule_equal_hlc_breaks_ties_by_origin_and_columns_win_together():
 
 
 def test_rule_update_newer_than_delete_is_conflict_row_deleted():
+    """Proves [M-DEL-1] and [M-LIVE-1]: a newer update is queued, the deleted row stays dead."""
     n = Origin("north")
     c = n.create(at("10:00"), "clubs", "c1", {"name": "A"}, "nora")
     d = n.delete(at("10:01"), "clubs", "c1", "nora")
@@ -68,6 +73,8 @@ def test_rule_update_newer_than_delete_is_conflict_row_deleted():
 
 
 def test_rule_only_a_create_recreates_a_key_and_it_resets_the_row():
+    """Proves [M-DEL-1], [M-LIVE-1], [M-LWW-1]: a re-create revives the key, and only
+    values newer than the latest create count."""
     n = Origin("north")
     c = n.create(at("10:00"), "clubs", "c1", {"name": "A", "phone": "1"}, "nora")
     d = n.delete(at("10:01"), "clubs", "c1", "nora")
@@ -76,6 +83,7 @@ def test_rule_only_a_create_recreates_a_key_and_it_resets_the_row():
 
 
 def test_rule_owner_is_the_acting_office_of_the_first_create():
+    """Proves [M-OWN-2] (no transfer: the creator's office owns) and [M-OWN-4]."""
     s, n = Origin("south"), Origin("north")
     c = s.create(at("10:00"), "clubs", "c1", {"name": "A"}, "sam")
     u = n.update(at("10:01"), "clubs", "c1", {"phone": "x"}, "nora")
@@ -85,6 +93,7 @@ def test_rule_owner_is_the_acting_office_of_the_first_create():
 
 
 def test_rule_two_offices_creating_one_key_smaller_order_key_owns():
+    """Proves [M-OWN-3]: the smaller order key owns, the other creation is a conflict."""
     s, n = Origin("south"), Origin("north")
     cs = s.create(at("10:00"), "clubs", "c1", {"name": "S"}, "sam")
     cn = n.create(at("10:00"), "clubs", "c1", {"name": "N"}, "nora")
@@ -96,6 +105,7 @@ def test_rule_two_offices_creating_one_key_smaller_order_key_owns():
 
 
 def test_rule_event_acts_for_home_office_of_its_user_not_the_node():
+    """Proves [M-OWN-1]: the user's home office acts, not the signing node's office."""
     n, w = Origin("north"), Origin("west")  # west is a second node of office north
     c = n.create(at("10:00"), "clubs", "c1", {"name": "A"}, "nora")
     hybrid = w.update(at("10:01"), "clubs", "c1", {"phone": "x"}, "hybrid")  # home: south
@@ -108,6 +118,7 @@ def test_rule_event_acts_for_home_office_of_its_user_not_the_node():
 
 
 def test_rule_admin_override_needs_an_admin_in_the_roster():
+    """Proves [M-OWN-4]: the admin flag alone is no override; the roster must say admin."""
     n, s = Origin("north"), Origin("south")
     c = n.create(at("10:00"), "clubs", "c1", {"name": "A"}, "nora")
     real = s.update(at("10:01"), "clubs", "c1", {"phone": "admin"}, "admin", admin=True)
@@ -118,6 +129,7 @@ def test_rule_admin_override_needs_an_admin_in_the_roster():
 
 
 def test_rule_transfer_changes_the_owner_from_its_order_key_on():
+    """Proves [M-OWN-2]: the owner at k is the target of the greatest valid transfer below k."""
     n, s = Origin("north"), Origin("south")
     c = n.create(at("10:00"), "clubs", "c1", {"name": "A"}, "nora")
     t = n.transfer(at("10:01"), "clubs", "c1", "south", "nora")
@@ -129,6 +141,7 @@ def test_rule_transfer_changes_the_owner_from_its_order_key_on():
 
 
 def test_rule_late_transfer_revalidates_events_it_precedes():
+    """Proves [M-OWN-5] on the pure fold: a late transfer turns a conflict into a valid edit."""
     n, s = Origin("north"), Origin("south")
     c = n.create(at("10:00"), "clubs", "c1", {"name": "A"}, "nora")
     edit = s.update(at("10:02"), "clubs", "c1", {"phone": "south"}, "sam")
@@ -139,6 +152,7 @@ def test_rule_late_transfer_revalidates_events_it_precedes():
 
 
 def test_rule_transfer_by_non_owner_is_a_conflict():
+    """Proves [M-OWN-4] for transfers: a non-owner cannot give a row away."""
     n, s = Origin("north"), Origin("south")
     c = n.create(at("10:00"), "clubs", "c1", {"name": "A"}, "nora")
     t = s.transfer(at("10:01"), "clubs", "c1", "south", "sam")
@@ -147,6 +161,7 @@ def test_rule_transfer_by_non_owner_is_a_conflict():
 
 
 def test_rule_resolution_greatest_order_key_wins_ties_by_node():
+    """Proves [M-RES-2]: of two resolutions the greater order key decides, alone."""
     n, s, h = Origin("north"), Origin("south"), Origin("hub")
     c = n.create(at("10:00"), "clubs", "c1", {"name": "A", "size": 1}, "nora")
     edit = s.update(at("10:01"), "clubs", "c1", {"size": 5}, "sam")
@@ -161,6 +176,7 @@ def test_rule_resolution_greatest_order_key_wins_ties_by_node():
 
 
 def test_rule_merge_resolution_applies_its_values():
+    """Proves [M-RES-1] for `merge`: the carried values take effect and the conflict closes."""
     n, s = Origin("north"), Origin("south")
     c = n.create(at("10:00"), "clubs", "c1", {"name": "A", "size": 1}, "nora")
     edit = s.update(at("10:01"), "clubs", "c1", {"size": 5, "phone": "s"}, "sam")
@@ -172,6 +188,7 @@ def test_rule_merge_resolution_applies_its_values():
 
 
 def test_rule_a_resolve_never_opens_a_conflict():
+    """Proves [M-RES-3]: an unauthorised or pointless resolve is rejected, never queued."""
     n, s = Origin("north"), Origin("south")
     c = n.create(at("10:00"), "clubs", "c1", {"name": "A"}, "nora")
     edit = s.update(at("10:01"), "clubs", "c1", {"size": 5}, "sam")
@@ -186,6 +203,7 @@ def test_rule_a_resolve_never_opens_a_conflict():
 
 
 def test_rule_parked_unknown_table_newer_schema_bad_value_missing_reference():
+    """Proves [M-PARK-1]: which events park (their cause named), not drop."""
     n = Origin("north")
     c = n.create(at("10:00"), "clubs", "c1", {"name": "A"}, "nora")
     newer = n.update(at("10:01"), "clubs", "c1", {"phone": "x"}, "nora", schema=2)
@@ -203,6 +221,7 @@ def test_rule_parked_unknown_table_newer_schema_bad_value_missing_reference():
 
 
 def test_rule_updates_of_an_unknown_row_wait_for_its_create():
+    """Proves [M-PARK-1]: an update of a row not yet known is parked, not dropped."""
     n = Origin("north")
     u = n.update(at("10:01"), "clubs", "c1", {"phone": "x"}, "nora")
     res = fold([u])
@@ -226,3 +245,50 @@ def test_rule_parent_owned_rows_follow_their_parents_owner_at_the_order_key():
     res = fold([sq, edit, move, t], table=SQUADS, pk="s1", parent_owner=owner)
     assert v(res, move) == merge.Verdict(merge.CONFLICT, merge.FIXED_PARENT)
     assert v(res, t) == merge.Verdict(merge.CONFLICT, merge.FOLLOWS_PARENT)
+
+
+def test_rule_equal_hlc_and_node_break_on_the_epoch():
+    """Proves [M-ORDER-1] for the last part of the order key: a restored node's two epochs
+    can write at one HLC, and the newer epoch must win the same way on every replica."""
+    old, new = Origin("north", epoch=1), Origin("north", epoch=2)
+    c = old.create(at("09:00"), "clubs", "c1", {"name": "A"}, "nora")
+    e1 = old.update(at("10:00"), "clubs", "c1", {"phone": "old", "size": 1}, "nora")
+    e2 = new.update(at("10:00"), "clubs", "c1", {"phone": "new", "size": 2}, "nora")
+    assert e1.order_key < e2.order_key
+    assert fold([c, e1, e2]).values == fold([e2, e1, c]).values == {
+        "name": "A", "phone": "new", "size": 2}
+
+
+def test_rule_a_row_lives_while_its_greatest_valid_create_or_delete_is_a_create():
+    """Proves [M-LIVE-1]: only valid deletes count, so a non-owner's newer delete (a
+    conflict) leaves the row live; the owner's delete ends it and a newer create revives it."""
+    n, s = Origin("north"), Origin("south")
+    c = n.create(at("10:00"), "clubs", "c1", {"name": "A"}, "nora")
+    foreign = s.delete(at("10:01"), "clubs", "c1", "sam")
+    res = fold([foreign, c])
+    assert v(res, foreign) == merge.Verdict(merge.CONFLICT, merge.NOT_OWNER)
+    assert res.live and res.values["name"] == "A"
+    d = n.delete(at("10:02"), "clubs", "c1", "nora")
+    assert not fold([d, foreign, c]).live
+    c2 = n.create(at("10:03"), "clubs", "c1", {"name": "B"}, "nora")
+    assert fold([c2, d, foreign, c]).values == {"name": "B", "phone": None, "size": None}
+    older = n.create(at("09:59"), "clubs", "c1", {"name": "Z"}, "nora")  # below the delete
+    assert not fold([older, d, foreign, c]).live
+
+
+def test_rule_accept_reissues_the_incoming_values_and_keep_keeps_the_row():
+    """Proves [M-RES-1] for `accept` and `keep`: each closes the conflict, in any order."""
+    n, s = Origin("north"), Origin("south")
+    c = n.create(at("10:00"), "clubs", "c1", {"name": "A", "size": 1}, "nora")
+    e1 = s.update(at("10:01"), "clubs", "c1", {"size": 5}, "sam")
+    e2 = s.update(at("10:02"), "clubs", "c1", {"phone": "s"}, "sam")
+    accept = n.resolve(at("10:05"), "clubs", "c1", merge.conflict_id(e1.event_id), "accept",
+                       "nora", {"size": 5})
+    keep = n.resolve(at("10:06"), "clubs", "c1", merge.conflict_id(e2.event_id), "keep", "nora")
+    open_ = fold([c, e1, e2])
+    assert open_.closed == {} and open_.values == {"name": "A", "phone": None, "size": 1}
+    for order in ([c, e1, e2, accept, keep], [keep, accept, e2, e1, c]):
+        res = fold(order)
+        assert res.closed == {e1.event_id: (accept.event_id, "accept"),
+                              e2.event_id: (keep.event_id, "keep")}
+        assert res.values == {"name": "A", "phone": None, "size": 5}

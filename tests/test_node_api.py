@@ -188,6 +188,7 @@ def test_web_ui_is_served_without_a_token_and_reads_with_one(cluster):
 
 
 def test_keep_and_merge_decisions_replicate_and_a_closed_conflict_is_refused(cluster):
+    """Proves [M-RES-1] for `keep` and `merge` on both offices."""
     c = cluster
     south = c.client("south", "south-clerk")
     for pk in ("P-K", "P-M"):
@@ -229,6 +230,7 @@ def _has(c: LocalCluster, office: str, pk: str) -> bool:
 
 
 def test_a_hybrid_user_works_for_their_home_office_at_either_node(cluster):
+    """Proves [M-OWN-1] through the API of two real nodes."""
     c = cluster
     c.wait_for("P-S at north", lambda: _has(c, "north", "P-S"), 30)
     at_north = c.client("north", "south-clerk")  # south's clerk, logged in at north's node

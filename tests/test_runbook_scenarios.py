@@ -198,7 +198,10 @@ def test_d_failed_replay_is_visible_resolved_by_command_and_replicates(cluster):
 
 def test_d_parked_event_is_visible_and_applies_once_the_schema_is_upgraded(tmp_path):
     """South runs a newer schema (a venues table); north parks south's events until its
-    operator installs that schema, then applies them and the offices converge."""
+    operator installs that schema, then applies them and the offices converge.
+
+    Proves [M-PARK-2]: the parked event is in the conflict listing with its cause and in
+    the metrics; and [M-PARK-1]: it is kept and applied on a later retry."""
     v1 = SCHEMA.read_text()
     v2 = tmp_path / "schema-v2.toml"
     v2.write_text(v1.replace("version = 1", "version = 2", 1) + (

@@ -77,7 +77,9 @@ def test_no_node_module_reads_the_engine_tables():
 
 
 def test_own_older_epoch_events_from_upstream_are_not_queued(tmp_path):
-    """A restored node's old events come back from the hub: held there, so not queued."""
+    """A restored node's old events come back from the hub: held there, so not queued.
+
+    Proves [N-EPOCH-2]: events the hub holds are acknowledged, never re-sent."""
     from engine_util import Origin, at
 
     s = open_store(tmp_path / "n.db", SCHEMA, node="north", epoch=6)
@@ -97,6 +99,8 @@ def test_own_older_epoch_events_from_upstream_are_not_queued(tmp_path):
 
 
 def test_begin_epoch_leaves_old_events_alone_and_never_reuses_an_epoch(tmp_path):
+    """Proves [N-EPOCH-1] (an epoch is never reused) and [N-EPOCH-2] (old events keep
+    their numbers)."""
     from riversync.engine.errors import BadValue
 
     s = open_store(tmp_path / "n.db", SCHEMA, node="north", epoch=5)

@@ -230,6 +230,7 @@ def test_rule_updates_of_an_unknown_row_wait_for_its_create():
 
 
 def test_rule_parent_owned_rows_follow_their_parents_owner_at_the_order_key():
+    """Proves [M-OWN-6]: a child row is owned by its parent's owner at the event's order key."""
     n, s = Origin("north"), Origin("south")
     sq = n.create(at("10:00"), "squads", "s1", {"club_id": "c1", "label": "a"}, "nora")
     edit = s.update(at("10:05"), "squads", "s1", {"label": "b"}, "sam")

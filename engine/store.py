@@ -13,8 +13,8 @@ journal, kept current in two ways:
   row is then recomputed from its journal with ``merge.fold_row`` and written back, and if
   its owner history changed, so are the rows that follow it as parent.
 
-After each apply, parked events waiting on a row that was touched are retried (their row
-is recomputed) until nothing more becomes known.  A whole apply, journal, statuses, row
+After each apply, parked events waiting on a row that was touched and is known are retried
+(their row is recomputed) until nothing more becomes known.  A whole apply, journal, statuses, row
 writes, version vector, clock and cursor, is one SQLite transaction: it happens wholly or
 not at all.
 """

@@ -77,9 +77,9 @@ def evaluate(snap: dict, t: Thresholds) -> tuple[str, list[dict]]:
         )
     age = sync_age(snap)
     if age >= t.crit_no_sync_s:
-        add(CRITICAL, "NO_SYNC", f"no successful sync for {age / 60:.0f} minutes")
+        add(CRITICAL, "NO_SYNC", f"no successful sync for {_duration(age)}")
     elif age >= t.warn_no_sync_s:
-        add(WARNING, "NO_SYNC", f"no successful sync for {age / 60:.0f} minutes")
+        add(WARNING, "NO_SYNC", f"no successful sync for {_duration(age)}")
     queued = snap.get("outbox", 0)
     if queued > t.warn_queue_events:
         add(WARNING, "QUEUE_GROWING", f"{queued} events wait for the hub (limit {t.warn_queue_events})")
@@ -171,3 +171,13 @@ class NodeMetrics:
         self.staging_oldest.set(oldest if isinstance(oldest, int | float) else 0)
         self.alert_level.set(EXIT_CODES[level])
         self.db_up.set(1 if snap.get("db_ok", True) else 0)
+
+
+def _duration(seconds: float) -> str:
+    """Plain words for an age: whole seconds below two minutes, then minutes, then hours."""
+    if seconds < 120:
+        n = int(seconds)
+        return f"{n} second" + ("" if n == 1 else "s")
+    if seconds < 2 * 3600:
+        return f"{int(seconds // 60)} minutes"
+    return f"{seconds / 3600:.1f} hours"

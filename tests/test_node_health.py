@@ -157,3 +157,15 @@ def test_every_metric_and_alert_code_is_in_the_runbook():
     for code in ("NO_SYNC", "QUEUE_GROWING", "REPLAY_FAILING", "SYNC_STOPPED", "DB_UNAVAILABLE",
                  "STAGING_STALE", "EMAIL_BACKLOG"):
         assert f"`{code}`" in doc, code
+
+
+@pytest.mark.parametrize(
+    ("age_s", "words"),
+    [(34, "34 seconds"), (90, "90 seconds"), (600, "10 minutes"), (1830, "30 minutes"),
+     (3 * 3600, "3.0 hours")],
+)
+def test_no_sync_message_says_the_age_in_plain_words(age_s, words):
+    """A sync age under a minute must not read "0 minutes" with low thresholds set."""
+    low = Thresholds(warn_no_sync_s=15, crit_no_sync_s=40 * 3600)
+    _, reasons = evaluate(snap(last_push_ok=NOW - 1, last_pull_ok=NOW - age_s), low)
+    assert reasons[0]["message"] == f"no successful sync for {words}"

@@ -533,6 +533,81 @@ class Store:
                 "UPDATE _rs_origins SET acked=? WHERE node=? AND epoch=? AND acked>?",
                 (last_seq, self.node_id, epoch, last_seq))
 
+    def own_seq(self, epoch: int) -> int | None:
+        """The highest sequence number this database handed out in ``epoch`` (None: never
+        began it): what a node compares with its head file to notice a copied-back file."""
+        return _meta(self.conn, f"seq:{epoch}")
+
+    def own_events(self, epoch: int, seqs: Iterable[int]) -> dict[int, AnyEvent]:
+        """This node's own journal events of ``epoch`` with these numbers (seq -> event)."""
+        return {s: _ev_dec.decode(b) for s, b in self.conn.execute(
+            "SELECT seq, body FROM _rs_journal WHERE node=? AND epoch=? AND seq IN"
+            " (SELECT value FROM json_each(?))",
+            (self.node_id, epoch, json.dumps(sorted(set(seqs)))))}
+
+    def yield_own(self, epoch: int, seqs: Iterable[int], *, now_ms: int) -> list[AnyEvent]:
+        """The hub holds other events than this database under these own ids of an older
+        ``epoch`` (the file was put back from a copy after they were pushed): the hub's
+        events are the truth for those ids, and this node's accepted writes are kept by
+        re-issuing each as a new event of the current epoch (same table, key, values, user,
+        a new HLC), pushed like any local write.
+
+        The journal is append-only and its hash chain covers event bytes and sources only,
+        so the local copies stay (bytes unchanged, audit chain intact) but are moved off the
+        id (``seq`` negated), marked "resequenced" (out of every fold and digest), and the
+        origin's contiguous mark is lowered so the hub's events under those ids are applied
+        when they are pulled.  One durable transaction; returns the re-issued events.
+        """
+        from .tables import APPEND_ONLY
+
+        seqs = sorted(set(seqs))
+        if not seqs or epoch == self.epoch:
+            return []
+        with db.transaction(self.conn, durable=True):
+            rows = list(self.conn.execute(
+                "SELECT jid, body FROM _rs_journal WHERE node=? AND epoch=? AND seq IN"
+                " (SELECT value FROM json_each(?)) ORDER BY seq",
+                (self.node_id, epoch, json.dumps(seqs))))
+            if not rows:
+                return []
+            olds = [(jid, _ev_dec.decode(b)) for jid, b in rows]
+            last = _meta(self.conn, "last_hlc") or 0
+            seq = _meta(self.conn, f"seq:{self.epoch}") or 0
+            ctx = _Apply(self, f"{LOCAL}:re-issued from epoch {epoch}")
+            ctx._load({(ev.table, ev.pk) for _, ev in olds})
+            new_events = []
+            for jid, ev in olds:
+                r = ctx.rows.get((ev.table, ev.pk))
+                if r is not None and jid in r.jids:
+                    r.jids.remove(jid)
+                    r.dirty = True
+                last = _hlc.send(last, now_ms)
+                seq += 1
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO _rs_status(jid, tbl, pk, status, cause)"
+                    " VALUES (?,?,?,?,?)",
+                    (jid, ev.table, ev.pk, RESEQUENCED,
+                     f"the hub holds another event as {self.node_id}/{epoch}/{ev.seq}; "
+                     f"re-issued as epoch {self.epoch} seq {seq}"))
+                new_events.append(msgspec.structs.replace(
+                    ev, epoch=self.epoch, seq=seq, hlc=last))
+                ctx.slow.add((ev.table, ev.pk))
+            jids = json.dumps([jid for jid, _ in olds])
+            self.conn.execute("DROP TRIGGER _rs_journal_no_update")
+            self.conn.execute("UPDATE _rs_journal SET seq=-seq WHERE jid IN"
+                              " (SELECT value FROM json_each(?))", (jids,))
+            self.conn.execute(
+                "CREATE TRIGGER _rs_journal_no_update BEFORE UPDATE ON _rs_journal"
+                f" BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END")
+            self.conn.execute(
+                "UPDATE _rs_origins SET contiguous=min(contiguous, ?) WHERE node=? AND epoch=?",
+                (seqs[0] - 1, self.node_id, epoch))
+            _meta_set(self.conn, "last_hlc", last)
+            _meta_set(self.conn, f"seq:{self.epoch}", seq)
+            ctx.ingest(new_events)
+            ctx.finish()
+        return new_events
+
     def start_new_epoch(self, new_epoch: int, hub_last_seq: int) -> list[AnyEvent]:
         """After a restore: own events the hub never acknowledged move to a new epoch.
 

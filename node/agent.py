@@ -47,6 +47,7 @@ from riversync.protocol.keys import Roster, SigningKey
 from riversync.protocol.messages import Batch, Envelope, Hello, HelloReply, OriginState, Pull
 from riversync.protocol.version import VERSION
 
+from . import head
 from .db import DbThread
 from .health import NodeMetrics
 from .transport import HubClient, HubUnreachable
@@ -498,6 +499,7 @@ class Agent:
         self.store.meta_set(META_PENDING, "")
         self.store.meta_set(META_CHAIN, "")
         self.renewed_epoch = (epoch, new)
+        head.record(self.store)
         log.warning("node %s: %s; the database was put back from a copy: started node epoch %d "
                     "(was %d) and pulls its own events back", self.s.node_id, what, new, epoch)
 

@@ -27,6 +27,7 @@ from riversync.config import NodeConfig
 
 from . import backup as backups
 from . import errors as E
+from . import head
 from .agent import Agent, AgentSettings, new_epoch
 from .api import CTX_KEY, add_routes, error_middleware
 from .auth import Caller
@@ -100,6 +101,29 @@ def open_store(cfg: NodeConfig, schema: Any, *, epoch: int | None = None):
     return Store.open(str(cfg.db_path), schema, cfg.roster, cfg.node_id, epoch=epoch)
 
 
+def renew_if_behind(store) -> tuple[int, int] | None:
+    """Start a new node epoch when the database is behind its head file (db thread).
+
+    A copy put back by hand would otherwise hand out numbers the hub already holds for
+    other events; a new epoch makes every new write unique whatever the hub holds, and the
+    old epoch is settled with the hub at the first hello (``Agent._align_old_epochs``).
+    Returns (old epoch, new epoch) when it renewed.
+    """
+    from .agent import META_CHAIN, META_PENDING
+
+    if head.behind(store) is None:
+        head.record(store)
+        return None
+    old = store.epoch
+    store.begin_epoch(new_epoch())
+    store.meta_set(META_PENDING, "")
+    store.meta_set(META_CHAIN, "")
+    head.record(store)
+    log.warning("database %s is behind its head file: started node epoch %d (was %d)",
+                store.path, store.epoch, old)
+    return old, store.epoch
+
+
 @dataclass
 class NodeContext:
     """What every handler and the agent share; ``request.app[CTX_KEY]`` in handlers."""
@@ -144,10 +168,17 @@ class NodeContext:
         """One local transaction for ``changes`` on behalf of ``caller``; wakes the agent."""
         if self.maintenance:
             raise E.Unavailable(f"the node is busy: {self.maintenance}")
-        events = await self.db.write("local", self.store.commit_local, changes, user=caller.name,
+        events = await self.db.write("local", self._commit_and_record, changes, user=caller.name,
                                      now_ms=int(time.time() * 1000), admin=admin, source=source)
         if self.agent is not None:
             self.agent.notify_write()
+        return events
+
+    def _commit_and_record(self, changes: list, **kw) -> list:
+        """Commit, then move the head file on (db thread): see ``node.head``."""
+        events = self.store.commit_local(changes, **kw)
+        if events:
+            head.write(self.store.path, events[-1].epoch, events[-1].seq)
         return events
 
     async def snapshot(self) -> dict:
@@ -320,6 +351,11 @@ async def serve(cfg: NodeConfig, schema_path: Path | None = None, *,
     db = DbThread(on_write=lambda kind, s: metrics.write_latency.labels(kind=kind).observe(s))
     with db_lock(cfg.db_path):
         store = await db.run(open_store, cfg, schema)
+        renewed = await db.run(renew_if_behind, store)
+        if renewed:
+            print(f"riversync node {cfg.node_id}: this database is older than its head file "
+                  f"(it was put back from a copy): started node epoch {renewed[1]} "
+                  f"(was {renewed[0]}); the old epoch is settled with the hub", flush=True)
         ctx = NodeContext(cfg=cfg, schema=schema, store=store, db=db, metrics=metrics,
                           thresholds=thresholds_from(cfg), schema_path=schema_path)
         ctx.agent = make_agent(ctx)

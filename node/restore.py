@@ -17,6 +17,7 @@ from pathlib import Path
 
 from riversync.config import NodeConfig
 
+from . import head
 from .agent import META_CHAIN, META_PENDING
 from .backup import restore_file
 
@@ -40,6 +41,7 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
     # A batch signed before the backup is rebuilt, if still needed, from what the hub holds.
     store.meta_set(META_PENDING, "")
     store.meta_set(META_CHAIN, "")
+    head.record(store)  # the restored file is behind the old head: the new epoch is the head
     return {
         "store": store,
         "backup": str(backup),

@@ -1,0 +1,106 @@
+"""A node database put back from a copy by hand, and fixed with backup then restore.
+
+Two ways the node's own old numbers can name other events at the hub: a copy of an older
+file put in place while the hub is away (the node must notice before any write, from its
+head file) and a node that did take writes over such a copy (an older release, or the
+head file went back too).  In both cases every accepted write must reach every office,
+and every office must end with the same events and the same state.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from riversync.node.localcluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "examples" / "leagues" / "schema.toml"
+RIVERSYNC = Path(sys.executable).parent / "riversync"
+WAIT = 30.0
+
+
+def run(*args: str) -> dict:
+    p = subprocess.run([str(RIVERSYNC), *args, "--json"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def add(c: LocalCluster, *pks: str) -> list[tuple[int, int]]:
+    cl = c.client("north", "north-clerk")
+    out = []
+    for pk in pks:
+        ev = cl.post("/v1/tables/players/rows", {"pk": pk, "values": {"full_name": pk}})
+        out.extend((e["epoch"], e["seq"]) for e in ev["events"])
+    return out
+
+
+def players(c: LocalCluster, office: str) -> set[str]:
+    rows = c.client(office).get("/v1/tables/players/rows?limit=1000")["rows"]
+    return {r["player_id"] for r in rows}
+
+
+def put_back(db: Path, copy: Path, aside: Path, *, with_head: bool) -> None:
+    """What an operator does by hand: the live files aside, an old copy in their place."""
+    aside.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(db) + suffix)
+        if p.exists():
+            shutil.move(p, aside / p.name)
+    shutil.copyfile(copy, db)
+    if with_head:
+        shutil.copyfile(Path(str(copy) + ".head"), Path(str(db) + ".head"))
+
+
+def converged_clean(c: LocalCluster, want: set[str]) -> bool:
+    if not c.converged():
+        return False
+    for office in c.offices:
+        st = c.status(office)
+        if st["agent"]["error"] is not None or players(c, office) != want:
+            return False
+    return True
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
+                     realtime=True).create()
+    try:
+        c.start_all()
+        yield c
+    finally:
+        c.stop_all()
+
+
+def test_copy_put_back_with_the_hub_away_is_noticed_before_any_write(cluster, tmp_path):
+    """Proves [N-EPOCH-3]: a database behind its head file starts a new epoch at start-up."""
+    c = cluster
+    cfg = str(c.node_configs["north"])
+    db = c.node_config("north").db_path
+    add(c, "P-0")
+    c.wait_for("convergence", c.converged, WAIT)
+    b1 = run("backup", "-c", cfg)
+    hf = add(c, *(f"HF{i}" for i in range(5)))
+    c.wait_for("HF at south", lambda: {f"HF{i}" for i in range(5)} <= players(c, "south"), WAIT)
+    old_epoch = hf[0][0]
+
+    c.stop("north")
+    c.stop("hub")
+    put_back(db, Path(b1["path"]), tmp_path / "aside", with_head=False)
+    c.start("north")
+    st = c.status("north")
+    assert st["epoch"] != old_epoch  # renewed before any write, hub still away
+    hg = add(c, "HG0", "HG1", "HG2")
+    assert {e for e, _ in hg} == {st["epoch"]}
+    c.start("hub")
+    want = {"P-0", *(f"HF{i}" for i in range(5)), "HG0", "HG1", "HG2"}
+    c.wait_for("convergence with every write", lambda: converged_clean(c, want), WAIT)

@@ -307,7 +307,16 @@ class Hub:
             "storage_bytes_used": st.storage_bytes(),
             "storage_bytes_free": free,
             "nodes": nodes,
+            "origins": self.origins_held(),
         }
+
+    def origins_held(self) -> dict[str, int]:
+        """Last event sequence held of every origin ``node/epoch``: what ``riversync verify``
+        compares with the nodes' holdings to tell events the hub lost (a node holds more of
+        an origin than the hub, and the origin itself no longer does) from a node that is
+        only behind."""
+        return {f"{node}/{o.epoch}": o.last_seq
+                for node in sorted(self.roster.nodes) for o in self.store.origins_of(node)}
 
     # ---- lifecycle -----------------------------------------------------------------
 

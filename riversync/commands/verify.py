@@ -11,13 +11,24 @@ called converged (nothing is known of it), and nodes whose states differ only be
 parks events of a newer schema version (it has not been upgraded yet) are reported as
 such, not as damage: the parked events apply once its schema is upgraded.
 
-Exit codes: 0 consistent, 1 nodes with the same events differ, 3 a node did not answer.
+The hub is asked too (its ``GET /v1/status`` lists the last sequence it holds of every
+origin), because waiting is not always the answer.  A node that holds events of an origin
+beyond what the hub holds got them from the hub, so the hub lost them (a hub restore).  If
+the origin's own node still holds them it pushes them again: still "not caught up yet".
+If it no longer does (it was restored from an older backup too), nothing will ever deliver
+them to the nodes that lack them: that is reported as lost at the hub, naming the origin,
+the sequence range and the nodes that hold the only copies.
+
+Exit codes: 0 consistent, 1 nodes with the same events differ or events are lost at the
+hub, 3 a node or the hub did not answer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import urllib.error
+import urllib.request
 
 from riversync.cli import EXIT_UNAVAILABLE
 from riversync.engine.merge import NEWER_SCHEMA
@@ -73,6 +84,62 @@ def compare(reports: dict[str, dict], unreachable: dict[str, str] | None = None,
     }
 
 
+def beyond_hub(reports: dict[str, dict], hub_origins: dict[str, int]) -> dict:
+    """Events some node holds of an origin beyond what the hub holds of it.
+
+    Only the hub delivers other origins' events, so a node holding more than the hub of
+    another origin means the hub lost them.  ``lost``: the origin's node holds less than
+    the holders too, so no one will push them again; ``repushing``: the origin's node
+    still holds them and pushes them again; ``unconfirmed``: the origin's node was not
+    asked, so which of the two cannot be told."""
+    origins = sorted({o for r in reports.values() for o in r.get("events", {})})
+    out: dict[str, list] = {"lost": [], "repushing": [], "unconfirmed": []}
+    for origin in origins:
+        origin_node = origin.rsplit("/", 1)[0]
+        hub = hub_origins.get(origin, 0)
+        holders = {n: r["events"][origin] for n, r in reports.items()
+                   if n != origin_node and r.get("events", {}).get(origin, 0) > hub}
+        if not holders:
+            continue
+        top = max(holders.values())
+        own = (reports[origin_node].get("events", {}).get(origin, 0)
+               if origin_node in reports else None)
+        first = max(hub, own or 0) + 1
+        entry = {"origin": origin, "first": first, "last": top, "hub_holds": hub,
+                 "origin_holds": own,
+                 "held_by": sorted(n for n, c in holders.items() if c >= first)}
+        if own is None:
+            entry["first"] = hub + 1
+            entry["held_by"] = sorted(holders)
+            out["unconfirmed"].append(entry)
+        elif own >= top:
+            entry["first"] = hub + 1
+            entry["held_by"] = sorted(holders)
+            out["repushing"].append(entry)
+        else:
+            out["lost"].append(entry)
+    return out
+
+
+def hub_origins(hub_url: str, timeout_s: float = 15.0) -> tuple[dict[str, int] | None, str]:
+    """What the hub holds of each origin, from its operator status; None and why if the
+    hub cannot tell us."""
+    url = hub_url.rstrip("/") + "/v1/status"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            doc = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return None, f"{url}: {getattr(e, 'reason', e)}"
+    held = doc.get("origins") if isinstance(doc, dict) else None
+    if not isinstance(held, dict) or not all(isinstance(v, int) for v in held.values()):
+        return None, f"{url} answered, but without the origins it holds (an older hub?)"
+    return held, ""
+
+
+def _range(e: dict) -> str:
+    return f"#{e['first']}" if e["first"] == e["last"] else f"#{e['first']}-#{e['last']}"
+
+
 def newer_schema_parked(client) -> int | None:
     """How many events the node parks for a newer schema version (None: cannot tell)."""
     try:
@@ -89,8 +156,10 @@ def cmd_verify(args) -> int:
     reports: dict[str, dict] = {}
     failed: dict[str, str] = {}
     clients = {}
+    hub_url = None
     for path in args.config:
         cfg = load(path)
+        hub_url = hub_url or cfg.hub_url
         client = client_for(cfg, args.token, 15.0)
         try:
             rep = client.get("/v1/digests")
@@ -110,6 +179,11 @@ def cmd_verify(args) -> int:
                 lag[n] = newer_schema_parked(clients[n]) or 0
     result = compare(reports, failed, lag)
     result["unreachable"] = failed
+    held, hub_why = hub_origins(hub_url) if hub_url else (None, "no hub_url")
+    result["hub_unreachable"] = hub_why or None
+    result["beyond_hub"] = beyond_hub(reports, held) if held is not None else None
+    lost = result["beyond_hub"]["lost"] if held is not None else []
+    result["lost_at_hub"] = bool(lost)
     if args.json:
         result["nodes"] = {n: {"events": d.get("events"), "state": d.get("state"),
                                "events_digest": events_digest(d.get("events", {}))}
@@ -129,13 +203,34 @@ def cmd_verify(args) -> int:
                   f"({g['events_digest'][:12]}…): {verdict}")
         for n, why in failed.items():
             print(f"node {n} did not answer: {why}")
+        if hub_why:
+            print(f"the hub did not answer: {hub_why}; events it lost cannot be told from "
+                  "events not delivered yet")
+        for e in (result["beyond_hub"] or {}).get("repushing", []):
+            print(f"the hub lost {e['origin']} {_range(e)}; {e['origin'].rsplit('/', 1)[0]} "
+                  "still holds them and pushes them again")
+        for e in (result["beyond_hub"] or {}).get("unconfirmed", []):
+            print(f"the hub lost {e['origin']} {_range(e)} (held by {', '.join(e['held_by'])}); "
+                  f"{e['origin'].rsplit('/', 1)[0]} was not asked: add its config to tell "
+                  "whether it can push them again")
+        for e in lost:
+            print(f"LOST AT THE HUB: {e['origin']} {_range(e)} is held only by "
+                  f"{', '.join(e['held_by'])}; the hub holds {e['origin']} up to "
+                  f"#{e['hub_holds']} and {e['origin'].rsplit('/', 1)[0]} itself up to "
+                  f"#{e['origin_holds']}. Nothing will deliver these events to the other "
+                  "nodes: see 'Events lost at the hub' in docs/how-to/operate.md.")
         if failed:
             print(f"NOT VERIFIED: {', '.join(failed)} did not answer, so nothing can be said "
                   "about convergence.")
+        elif lost:
+            print("NOT CONSISTENT: events are lost at the hub (above); waiting will not "
+                  "help.")
+        elif hub_why:
+            print("NOT VERIFIED: the hub did not answer.")
         elif result["converged"]:
             print("All nodes hold the same events and the same state: converged.")
         elif result["consistent"]:
             print("Consistent: nodes with the same events agree; some are not caught up yet.")
-    if failed:
+    if failed or hub_why:
         return EXIT_UNAVAILABLE
-    return 0 if result["consistent"] else 1
+    return 0 if result["consistent"] and not lost else 1

@@ -164,6 +164,9 @@ class Agent:
         self.may_renew_epoch = True  # until the first local write or completed hello
         # Older epochs of this node as the hub holds them: epoch -> (batches, last hash).
         self._old_chains: dict[int, tuple[int, bytes]] = {}
+        # ... and the hub's last number of each: own events up to it wait for the pull.
+        self._old_held: dict[int, int] = {}
+        self.diverged: list[dict] = []  # own old-epoch ids the hub holds other events under
         self.renewed_epoch: tuple[int, int] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -210,6 +213,7 @@ class Agent:
             "last_pull_ok": self.last_pull_ok,
             "replay_failures_consecutive": self.replay_failures,
             "realtime": self.s.realtime,
+            "diverged": self.diverged[-20:],
             "sync_interval_s": self.s.sync_interval_s,
         }
 
@@ -427,12 +431,15 @@ class Agent:
         epochs = set(held) | {e for e in self.store.own_epochs() if e != current}
         pending = self._pending()
         self._old_chains = {}
+        self._old_held = {}
         for epoch in sorted(epochs):
             o = held.get(epoch)
             n, seq, h = (o.batches, o.last_seq, o.last_hash) if o else (0, 0, ZERO_HASH)
             self.store.requeue_after(epoch, seq)
-            self.store.mark_acked(epoch, seq)
+            # Not acknowledged here: the hub may hold other events under these numbers (a
+            # copy put back).  They are compared one by one when the pull brings them back.
             self._old_chains[epoch] = (n, h)
+            self._old_held[epoch] = seq
             if pending is not None and pending[1].e == epoch:
                 batch = pending[1]
                 if not (batch.n == n + 1 and batch.prev == h and batch.first == seq + 1):
@@ -518,6 +525,8 @@ class Agent:
         # Older epochs first: new writes may build on what the restored node wrote before.
         for old in sorted(self._old_chains):
             events = self.store.outbox(limit=self.batch_max, epoch=old)
+            if events and events[0].seq <= self._old_held.get(old, 0):
+                events = []  # the hub holds these numbers: compared when pulled, not pushed
             if events:
                 epoch = old
                 n, h = self._old_chains[old]
@@ -647,10 +656,55 @@ class Agent:
             self.last_pull_ok = time.time()
         return total
 
+    def _settle_own(self, events: list, now: int) -> list[dict]:
+        """Compare own events of older epochs coming back from the hub with the local ones
+        of the same (node, epoch, seq) (db thread).
+
+        The same id with other content means this database was put back from a copy and
+        took writes under numbers the hub already held: the hub's events are the truth for
+        those ids, and the local writes, accepted with a 2xx, are re-issued into the
+        current epoch (``Store.yield_own``), so nothing is lost and every office converges.
+        """
+        me, current = self.s.node_id, self.store.epoch
+        by_epoch: dict[int, dict[int, Any]] = {}
+        for ev in events:
+            if ev.node == me and ev.epoch != current:
+                by_epoch.setdefault(ev.epoch, {})[ev.seq] = ev
+        found = []
+        for epoch, hub_evs in by_epoch.items():
+            local = self.store.own_events(epoch, hub_evs)
+            differ = [s for s, ev in local.items() if ev != hub_evs[s]]
+            if not differ:
+                continue
+            new = self.store.yield_own(epoch, differ, now_ms=now)
+            note = {"epoch": epoch, "seqs": sorted(differ), "reissued_epoch": current,
+                    "reissued_seqs": [ev.seq for ev in new], "at": time.time()}
+            log.warning("node %s: the hub holds other events than this database under "
+                        "%s/%d seq %s (the database was put back from a copy): adopted the "
+                        "hub's, re-issued this node's %d write(s) as epoch %d seq %s",
+                        me, me, epoch, note["seqs"], len(new), current,
+                        note["reissued_seqs"])
+            found.append(note)
+        return found
+
+    def _settle_and_apply(self, events: list, now: int, cursor: tuple[str, int, int]):
+        found = self._settle_own(events, now)
+        result = self.store.apply_remote(events, now_ms=now, cursor=cursor)
+        return found, result
+
     async def _apply(self, events: list, hub_epoch: int, cursor: int) -> None:
         try:
-            await self.db.write("apply", self.store.apply_remote, events, now_ms=now_ms(),
-                                cursor=("hub", hub_epoch, cursor))
+            found, _ = await self.db.write("apply", self._settle_and_apply, events, now_ms(),
+                                           ("hub", hub_epoch, cursor))
+            if found:
+                self.diverged.extend(found)
+                self._note_error("OWN_EVENTS_DIVERGED",
+                                 f"{sum(len(f['seqs']) for f in found)} own event(s) of an "
+                                 "older epoch differed from the hub's; this node's writes were "
+                                 "re-issued into the current epoch",
+                                 "nothing to do: they are pushed at once; `riversync verify` "
+                                 "confirms convergence", RETRY)
+                self._wake.set()
         except ProtocolError:
             self._replay_failed()
             raise

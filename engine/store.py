@@ -608,6 +608,31 @@ class Store:
             ctx.finish()
         return new_events
 
+    def carry_own(self, events: list[AnyEvent]) -> int:
+        """Take this node's own events from another copy of its database (the file a restore
+        put aside) under their own ids, as local writes the hub may not hold yet.
+
+        Ids this database holds already are skipped.  The events then settle with the hub
+        like any own event of an older epoch: compared with what the hub sends back, and
+        the rest pushed as their epoch's continuation.  Returns how many were taken.
+        """
+        events = [ev for ev in events if ev.node == self.node_id]
+        if not events:
+            return 0
+        with db.transaction(self.conn, durable=True):
+            last = _meta(self.conn, "last_hlc") or 0
+            _meta_set(self.conn, "last_hlc", max(last, max(ev.hlc for ev in events)))
+            tops: dict[int, int] = {}
+            for ev in events:
+                tops[ev.epoch] = max(tops.get(ev.epoch, 0), ev.seq)
+            for epoch, top in tops.items():
+                if (_meta(self.conn, f"seq:{epoch}") or 0) < top:
+                    _meta_set(self.conn, f"seq:{epoch}", top)
+            ctx = _Apply(self, f"{LOCAL}:carried over")
+            ctx.ingest(events)
+            ctx.finish()
+            return ctx.result.received - ctx.result.duplicates
+
     def start_new_epoch(self, new_epoch: int, hub_last_seq: int) -> list[AnyEvent]:
         """After a restore: own events the hub never acknowledged move to a new epoch.
 

@@ -19,7 +19,7 @@ from riversync.config import NodeConfig
 
 from . import head
 from .agent import META_CHAIN, META_PENDING
-from .backup import restore_file
+from .backup import restore_file, verify_backup
 
 
 def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | None = None) -> dict:
@@ -31,6 +31,7 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
     from .daemon import new_epoch, open_store
 
     del hub_url
+    carry, unreadable = _own_events_beyond(cfg, schema, backup)
     moved = restore_file(backup, cfg.db_path)
     store = open_store(cfg, schema)
     restored = store.digests()  # what the backup holds, before anything else touches it
@@ -41,6 +42,7 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
     # A batch signed before the backup is rebuilt, if still needed, from what the hub holds.
     store.meta_set(META_PENDING, "")
     store.meta_set(META_CHAIN, "")
+    carried = store.carry_own(carry)
     head.record(store)  # the restored file is behind the old head: the new epoch is the head
     return {
         "store": store,
@@ -52,4 +54,44 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
         "unacknowledged_old_events": unacked,
         "restored_tables": restored["tables"],
         "restored_events": restored["events"],
+        "carried_over": carried,
+        "carried_over_events": [[ev.epoch, ev.seq] for ev in carry[:50]],
+        "previous_database_unreadable": unreadable,
     }
+
+
+def _own_events_beyond(cfg: NodeConfig, schema, backup: Path) -> tuple[list, str | None]:
+    """This node's own events in the database about to be put aside that the backup lacks.
+
+    Writes taken after the backup (each answered with a 2xx) may not have reached the hub
+    yet; they live only in the current file.  They are carried into the restored database
+    under their own ids, so they are neither lost nor duplicated: what the hub holds of them
+    is recognised by content at the next pull, the rest is pushed as their epoch's
+    continuation.  The backup's manifest names how far each own epoch goes in it (without
+    a manifest every own event is read; the ones the backup holds are skipped on the way
+    in).  Returns (events, why the current file could not be read, or None).
+    """
+    from .daemon import open_store
+
+    if not cfg.db_path.exists():
+        return [], None
+    tops: dict[int, int] = {}
+    for origin, top in (verify_backup(backup).get("events") or {}).items():
+        node, _, epoch = str(origin).rpartition("/")
+        if node == cfg.node_id:
+            tops[int(epoch)] = int(top)
+    try:
+        live = open_store(cfg, schema)
+    except Exception as e:  # noqa: BLE001 - a broken file is a reason to restore
+        return [], f"{type(e).__name__}: {e}"
+    try:
+        events: list = []
+        for epoch in sorted(live.own_epochs()):
+            top = live.own_seq(epoch) or 0
+            low = tops.get(epoch, 0)
+            if top > low:
+                found = live.own_events(epoch, range(low + 1, top + 1))
+                events.extend(found[s] for s in sorted(found))
+        return events, None
+    finally:
+        live.close()

@@ -63,6 +63,14 @@ def cmd_restore(args) -> int:
               f"{res['unacknowledged_old_events']} event(s) of the old epoch were not yet "
               "acknowledged when the backup was taken: the first sync settles them with the "
               "hub (held there: acknowledged; otherwise pushed)")
+        carried = res.get("carried_over", 0)
+        print(f"  carried over {carried} event(s) of this node that were written after the "
+              "backup and are not in it (kept under their own ids; the hub gets those it "
+              "lacks)" + (": " + ", ".join(f"{e}/{s}" for e, s in
+                                          res.get("carried_over_events", [])) if carried else ""))
+        if res.get("previous_database_unreadable"):
+            print(f"  WARNING: the previous database could not be read, so nothing was "
+                  f"carried over from it: {res['previous_database_unreadable']}")
         for p in res.get("moved_aside", []):
             print(f"  kept the previous file as {p}")
         print("The node pulls back what the hub holds at its next sync.")

@@ -19,8 +19,10 @@ says what the hub holds of this node: a lost ack is recognised and completed; a 
 holds less than was acknowledged (hub restored from a backup) gets the lost batches
 again; a cursor of an older hub epoch is sent unchanged, and the hub, which alone knows
 every restore point since, answers from the right place.  For this node's older epochs
-(it was restored) the hello says what the hub holds: that is acknowledged and comes back
-through the ordinary pull; the rest is pushed as the old epoch's continuation.
+(it was restored) the hello says what the hub holds: that comes back through the ordinary
+pull and is acknowledged only when each event matches the local one of the same number (a
+differing one is adopted and this node's write re-issued into the current epoch); the
+rest is pushed as the old epoch's continuation.
 
 *Failures* are classed, never logged and skipped: the hub away is retried with
 exponential backoff, jitter and a cap; a gap or a changed hub epoch makes the agent
@@ -40,6 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from riversync.engine.db import transaction
 from riversync.protocol import codec
 from riversync.protocol.codec import ZERO_HASH, body_hash, make_batch, open_envelope, sign
 from riversync.protocol.errors import RESYNC, RETRY, ProtocolError, SequenceFork, TooLarge
@@ -47,7 +50,7 @@ from riversync.protocol.keys import Roster, SigningKey
 from riversync.protocol.messages import Batch, Envelope, Hello, HelloReply, OriginState, Pull
 from riversync.protocol.version import VERSION
 
-from . import head
+from . import head, relay
 from .db import DbThread
 from .health import NodeMetrics
 from .transport import HubClient, HubUnreachable
@@ -162,6 +165,7 @@ class Agent:
         self._pull_override: tuple[int, int] | None = None
         self.batch_max = settings.batch_max_events
         self.may_renew_epoch = True  # until the first local write or completed hello
+        self._relay_due = False  # set when the hub's epoch changed: see relay_lost
         # Older epochs of this node as the hub holds them: epoch -> (batches, last hash).
         self._old_chains: dict[int, tuple[int, bytes]] = {}
         # ... and the hub's last number of each: own events up to it wait for the pull.
@@ -272,6 +276,8 @@ class Agent:
         if not self._hello_ok.is_set():
             await self.hello()
         pushed = await self.push_all()
+        if self._relay_due:
+            await self.relay_lost()
         pulled = await self.pull_all(0) if pull else 0
         self.attempt = 0
         if self.state != "stopped":
@@ -383,6 +389,7 @@ class Agent:
         if cur is None:
             self._pull_override = (reply.hub_epoch, 0)
         elif cur[0] != reply.hub_epoch:
+            self._relay_due = True  # a restored hub may lack batches only we hold now
             # Cursor of an older hub epoch: send it unchanged and let the hub decide where
             # to start [H-EPOCH-2].  Only the hub knows every restore point since; the reply
             # names only the newest, so a minimum taken here skips batches after two restores.
@@ -582,6 +589,27 @@ class Agent:
             self.metrics.pushed_events.inc(total)
         return total
 
+    async def relay_lost(self) -> int:
+        """Push again, unchanged, other origins' batches the (restored) hub no longer holds
+        [N-RELAY-1]; returns the batches stored.  The hub checks each with its origin's key
+        and chain, so a refusal here only means someone else got there first."""
+        held = await relay.hub_holds(self.hub.base_url)
+        if held is None:
+            return 0  # cannot tell now: try again next cycle
+        envelopes = await self.db.run(relay.missing_at_hub, self.store.conn, held,
+                                      self.s.node_id)
+        stored = 0
+        for data in envelopes:
+            try:
+                stored += (await self.hub.push(data)).status == "stored"
+            except ProtocolError as e:
+                log.info("relaying a batch the hub lost was refused: %s", e)
+        self._relay_due = False
+        if stored:
+            log.warning("node %s: the hub had lost %d batch(es) of other origins that only "
+                        "this node held; pushed them again as signed", self.s.node_id, stored)
+        return stored
+
     # ---- pull -------------------------------------------------------------------------
 
     async def _pull_from(self) -> tuple[int, int]:
@@ -610,13 +638,15 @@ class Agent:
             raise PollInterrupted()
         return fut.result()
 
-    def _verify(self, raw_batches: list[bytes]) -> list:
-        """Open every batch of a reply; any failure refuses the whole reply.
+    def _verify(self, raw_batches: list[bytes]) -> tuple[list, list[tuple[Batch, bytes]]]:
+        """Open every batch of a reply; any failure refuses the whole reply.  Returns the
+        events and each batch with its signed bytes (kept for relaying [N-RELAY-1]).
 
         Raises:
             SyncStopped: a batch does not verify against the roster.
         """
         events: list = []
+        kept: list[tuple[Batch, bytes]] = []
         for i, raw in enumerate(raw_batches):
             try:
                 _env, body = open_envelope(raw, self.roster)
@@ -629,7 +659,8 @@ class Agent:
                     "hub and on this node, then POST /v1/sync",
                 ) from None
             events.extend(batch.events)
-        return events
+            kept.append((batch, raw))
+        return events, kept
 
     async def pull_all(self, wait_ms: int, *, interruptible: bool = False) -> int:
         """Pull and apply until the hub has nothing more; returns events applied."""
@@ -643,9 +674,9 @@ class Agent:
                 if reply.hub_epoch != self.hub_epoch:
                     raise Resync(f"the hub's epoch changed from {self.hub_epoch} to "
                                  f"{reply.hub_epoch}")
-                events = self._verify(reply.batches)
+                events, kept = self._verify(reply.batches)
                 if events or reply.cursor != cursor or self._pull_override is not None:
-                    await self._apply(events, reply.hub_epoch, reply.cursor)
+                    await self._apply(events, reply.hub_epoch, reply.cursor, kept)
                     self._pull_override = None
                 self.cursor = (reply.hub_epoch, reply.cursor)
                 self.hub_head = reply.head
@@ -687,15 +718,19 @@ class Agent:
             found.append(note)
         return found
 
-    def _settle_and_apply(self, events: list, now: int, cursor: tuple[str, int, int]):
-        found = self._settle_own(events, now)
-        result = self.store.apply_remote(events, now_ms=now, cursor=cursor)
+    def _settle_and_apply(self, events: list, now: int, cursor: tuple[str, int, int],
+                          kept: list[tuple[Batch, bytes]] = ()):
+        with transaction(self.store.conn):  # the kept envelopes commit with the apply
+            relay.keep(self.store.conn, list(kept))
+            found = self._settle_own(events, now)
+            result = self.store.apply_remote(events, now_ms=now, cursor=cursor)
         return found, result
 
-    async def _apply(self, events: list, hub_epoch: int, cursor: int) -> None:
+    async def _apply(self, events: list, hub_epoch: int, cursor: int,
+                     kept: list[tuple[Batch, bytes]] = ()) -> None:
         try:
             found, _ = await self.db.write("apply", self._settle_and_apply, events, now_ms(),
-                                           ("hub", hub_epoch, cursor))
+                                           ("hub", hub_epoch, cursor), kept)
             if found:
                 self.diverged.extend(found)
                 self._note_error("OWN_EVENTS_DIVERGED",

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
+import apsw
 import pytest
 
 from riversync.commands.verify import beyond_hub
+from riversync.node import relay
 from riversync.node.localcluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,35 +44,67 @@ def cli(*args: str) -> dict:
     return json.loads(p.stdout)
 
 
+def hub_holds(c: LocalCluster) -> dict:
+    return json.loads(urllib.request.urlopen(c.hub_url + "/v1/status", timeout=WAIT)
+                      .read())["origins"]
+
+
+def forget_kept_batches(c: LocalCluster, office: str) -> None:
+    """As a node of a release that did not keep pulled batches: nothing to relay."""
+    conn = apsw.Connection(str(c.node_config(office).db_path))
+    conn.execute(f"DELETE FROM {relay.TABLE}")
+    conn.close()
+
+
+def lose_at_hub(c: LocalCluster, tmp_path: Path, *, relaying: bool):
+    """North writes B-0 (both backups hold it), then K-0..K-4, which south and east pull.
+    The hub is restored from its backup while north is down.  Returns the origin, what
+    the backups hold of it, what south holds, north's old backup and a newer one."""
+    north_cfg = str(c.node_configs["north"])
+    c.start_all()
+    clerk = c.client("north", "north-clerk")
+    clerk.post("/v1/tables/players/rows", {"pk": "B-0", "values": {"full_name": "B"}})
+    c.wait_for("convergence", c.converged, WAIT)
+    cli("hub", "backup", "-c", str(c.hub_config), str(tmp_path / "hub.db"))
+    c.wait_for("north to drain", lambda: c.status("north")["outbox"] == 0, WAIT)
+    old_backup = cli("backup", "-c", north_cfg)["path"]
+    origin = f"north/{c.digests('north')['epoch']}"
+    kept = c.digests("north")["events"][origin]
+    for i in range(5):
+        clerk.post("/v1/tables/players/rows", {"pk": f"K-{i}", "values": {"full_name": "K"}})
+        c.wait_for("north to drain", lambda: c.status("north")["outbox"] == 0, WAIT)
+    c.wait_for("convergence", c.converged, WAIT)
+    top = c.digests("south")["events"][origin]
+    assert top > kept
+    newer_backup = cli("backup", "-c", north_cfg)["path"]
+    code, res, text = verify(c, c.offices)
+    assert code == 0 and res["converged"] and res["lost_at_hub"] is False, text
+    c.stop("north")
+    # North's disk is lost: its restore has no newer database to carry its events from.
+    db = Path(c.node_config("north").db_path)
+    for f in db.parent.glob(db.name + "*"):
+        f.unlink()
+    if not relaying:
+        for office in ("south", "east"):
+            c.stop(office)
+            forget_kept_batches(c, office)
+    c.stop("hub")
+    cli("hub", "restore", "-c", str(c.hub_config), str(tmp_path / "hub.db"))
+    c.start("hub")
+    if not relaying:
+        c.start("south")
+        c.start("east")
+    return origin, kept, top, old_backup, newer_backup
+
+
 @pytest.mark.slow
 def test_events_only_south_and_east_hold_are_reported_lost_with_their_range(tmp_path):
     c = LocalCluster(tmp_path / "c", ["north", "south", "east"], schema=SCHEMA,
                      sync_interval_s=1, realtime=True).create()
     north_cfg = str(c.node_configs["north"])
     try:
-        c.start_all()
-        clerk = c.client("north", "north-clerk")
-        clerk.post("/v1/tables/players/rows", {"pk": "B-0", "values": {"full_name": "B"}})
-        c.wait_for("convergence", c.converged, WAIT)
-        cli("hub", "backup", "-c", str(c.hub_config), str(tmp_path / "hub.db"))
-        c.wait_for("north to drain", lambda: c.status("north")["outbox"] == 0, WAIT)
-        north_backup = cli("backup", "-c", north_cfg)["path"]
-        origin = f"north/{c.digests('north')['epoch']}"
-        kept = c.digests("north")["events"][origin]
-        for i in range(5):
-            clerk.post("/v1/tables/players/rows", {"pk": f"K-{i}", "values": {"full_name": "K"}})
-        c.wait_for("convergence", c.converged, WAIT)
-        top = c.digests("south")["events"][origin]
-        c.wait_for("north to drain", lambda: c.status("north")["outbox"] == 0, WAIT)
-        newer_backup = cli("backup", "-c", north_cfg)["path"]
-        assert top > kept
-        code, res, text = verify(c, c.offices)
-        assert code == 0 and res["converged"] and res["lost_at_hub"] is False, text
-
-        c.stop("north")
-        c.stop("hub")
-        cli("hub", "restore", "-c", str(c.hub_config), str(tmp_path / "hub.db"))
-        c.start("hub")
+        origin, kept, top, north_backup, newer_backup = lose_at_hub(c, tmp_path,
+                                                                    relaying=False)
         # Without north's word the loss cannot be confirmed: named, not called lost.
         code, res, text = verify(c, ["south", "east"])
         assert code == 0, text
@@ -99,7 +134,7 @@ def test_events_only_south_and_east_hold_are_reported_lost_with_their_range(tmp_
 
         # The runbook's step 3: north restored from a backup that holds the range pushes
         # it again as its old epoch's continuation; then nothing is lost.
-        clerk.post("/v1/tables/players/rows", {"pk": "N-0", "values": {"full_name": "N"}})
+        c.client("north", "north-clerk").post("/v1/tables/players/rows", {"pk": "N-0", "values": {"full_name": "N"}})
         c.wait_for("north to drain", lambda: c.status("north")["outbox"] == 0, WAIT)
         cli("restore", "-c", north_cfg, newer_backup)
         c.wait_for("convergence", c.converged, WAIT)
@@ -108,6 +143,31 @@ def test_events_only_south_and_east_hold_are_reported_lost_with_their_range(tmp_
         rows = {r["player_id"] for r in
                 c.client("north").get("/v1/tables/players/rows?limit=100")["rows"]}
         assert rows == {"B-0", "N-0", *(f"K-{i}" for i in range(5))}
+    finally:
+        c.stop_all()
+
+
+@pytest.mark.slow
+def test_nodes_push_again_the_batches_the_hub_lost_and_the_origin_gets_them_back(tmp_path):
+    """[N-RELAY-1] [H-PUSH-2]: south and east still hold north's signed batches; after
+    the hub's restore they push them again (the hub takes them on north's signature and
+    chain), so north's restore from an old backup loses nothing."""
+    c = LocalCluster(tmp_path / "c", ["north", "south", "east"], schema=SCHEMA,
+                     sync_interval_s=1, realtime=True).create()
+    try:
+        origin, kept, top, north_backup, _ = lose_at_hub(c, tmp_path, relaying=True)
+        c.wait_for("south and east to push north's batches again",
+                   lambda: hub_holds(c).get(origin) == top, WAIT)
+        cli("restore", "-c", str(c.node_configs["north"]), north_backup)
+        c.start("north")
+        c.wait_for("convergence", c.converged, WAIT)
+        assert c.digests("north")["events"][origin] == top
+        rows = {r["player_id"] for r in
+                c.client("north").get("/v1/tables/players/rows?limit=100")["rows"]}
+        assert rows == {"B-0", *(f"K-{i}" for i in range(5))}
+        code, res, text = verify(c, c.offices)
+        assert code == 0 and res["converged"] and res["lost_at_hub"] is False, text
+        assert res["beyond_hub"] == {"lost": [], "repushing": [], "unconfirmed": []}
     finally:
         c.stop_all()
 

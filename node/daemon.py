@@ -27,7 +27,7 @@ from riversync.config import NodeConfig
 
 from . import backup as backups
 from . import errors as E
-from . import head
+from . import head, relay
 from .agent import Agent, AgentSettings, new_epoch
 from .api import CTX_KEY, add_routes, error_middleware
 from .auth import Caller
@@ -245,7 +245,9 @@ class NodeContext:
 
     async def digests(self) -> dict:
         d = await self.db.run(self.store.digests)
-        return {"node_id": self.cfg.node_id, "epoch": self.store.epoch, **d}
+        kept = await self.db.run(relay.kept_ranges, self.store.conn)
+        return {"node_id": self.cfg.node_id, "epoch": self.store.epoch, **d,
+                "kept_batches": kept}
 
     async def take_backup(self) -> dict:
         try:

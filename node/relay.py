@@ -68,6 +68,21 @@ def missing_at_hub(conn: apsw.Connection, held: dict[str, int], me: str) -> list
     return out
 
 
+def kept_ranges(conn: apsw.Connection) -> dict[str, list[int]]:
+    """Per origin ``node/epoch``, the events ``[first, last]`` this node could push again:
+    its kept batches, when they run without a gap (``riversync verify`` uses it to tell
+    events the hub lost that a node will relay from events nobody can)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (TABLE,)).fetchall():
+        return {}
+    out = {}
+    for node, epoch, first, last, held in conn.execute(
+            f"SELECT node, epoch, min(first), max(last), sum(last - first + 1) FROM {TABLE}"
+            " GROUP BY node, epoch"):
+        if held == last - first + 1:
+            out[f"{node}/{epoch}"] = [first, last]
+    return out
+
+
 async def hub_holds(hub_url: str) -> dict[str, int] | None:
     """The last sequence the hub holds of each origin (its operator status), or None."""
     try:

@@ -167,7 +167,8 @@ def test_nodes_push_again_the_batches_the_hub_lost_and_the_origin_gets_them_back
         assert rows == {"B-0", *(f"K-{i}" for i in range(5))}
         code, res, text = verify(c, c.offices)
         assert code == 0 and res["converged"] and res["lost_at_hub"] is False, text
-        assert res["beyond_hub"] == {"lost": [], "repushing": [], "unconfirmed": []}
+        assert res["beyond_hub"] == {"lost": [], "repushing": [], "relaying": [],
+                                     "unconfirmed": []}
     finally:
         c.stop_all()
 
@@ -193,8 +194,8 @@ def rep(**events: int) -> dict:
 
 def test_a_node_behind_the_hub_is_nothing_beyond_it():
     reports = {"north": rep(**{"north/1": 5}), "south": rep(**{"north/1": 3})}
-    assert beyond_hub(reports, {"north/1": 5}) == {"lost": [], "repushing": [],
-                                                    "unconfirmed": []}
+    assert beyond_hub(reports, {"north/1": 5}) == {
+        "lost": [], "repushing": [], "relaying": [], "unconfirmed": []}
 
 
 def test_the_origin_ahead_of_the_hub_alone_is_only_unpushed():
@@ -219,7 +220,54 @@ def test_the_range_starts_after_what_the_hub_or_the_origin_still_holds():
     assert (e["first"], e["last"], e["held_by"]) == (7, 8, ["south"])
 
 
+def test_a_holder_that_kept_the_signed_batches_relays_them():
+    """[N-RELAY-1] kept batches from the hub's last one on: not lost, relayed."""
+    reports = {"north": rep(**{"north/1": 2}), "south": rep(**{"north/1": 8}),
+               "east": rep(**{"north/1": 8})}
+    reports["south"]["kept_batches"] = {"north/1": [1, 8]}
+    reports["east"]["kept_batches"] = {"north/1": [5, 8]}  # kept from 5 on only
+    out = beyond_hub(reports, {"north/1": 3})
+    assert out["lost"] == [] and out["unconfirmed"] == []
+    [e] = out["relaying"]
+    assert (e["first"], e["last"], e["relayed_by"]) == (4, 8, ["south"])
+    reports["south"]["kept_batches"] = {"north/1": [1, 7]}  # short of the last event
+    [e] = beyond_hub(reports, {"north/1": 3})["lost"]
+    assert (e["first"], e["last"], e["held_by"]) == (4, 8, ["east", "south"])
+
+
 def test_an_origin_the_hub_never_held_counts_from_zero():
     reports = {"south": rep(**{"west/3": 2}), "east": rep()}
     [e] = beyond_hub(reports, {})["unconfirmed"]
     assert (e["origin"], e["first"], e["last"], e["hub_holds"]) == ("west/3", 1, 2, 0)
+
+
+def _kept_store(tmp_path, batches: list[tuple[str, int, int, int, int]]):
+    conn = apsw.Connection(str(tmp_path / "n.db"))
+    relay.ensure(conn)
+    conn.executemany(f"INSERT INTO {relay.TABLE} VALUES (?, ?, ?, ?, ?, ?)",
+                     [(*b, f"{b[0]}/{b[1]}#{b[2]}".encode()) for b in batches])
+    return conn
+
+
+def test_relay_sends_what_follows_the_hub_in_chain_order_and_never_its_own(tmp_path):
+    """[N-RELAY-1] the batches after the hub's last_seq, from the one that continues it."""
+    conn = _kept_store(tmp_path, [("north", 1, 3, 6, 8), ("north", 1, 1, 1, 2),
+                                  ("north", 1, 2, 3, 5), ("south", 4, 1, 1, 1),
+                                  ("east", 2, 1, 1, 4)])
+    out = relay.missing_at_hub(conn, {"north/1": 2, "east/2": 4}, me="south")
+    assert out == [b"north/1#2", b"north/1#3"]
+    assert relay.missing_at_hub(conn, {"north/1": 8, "east/2": 4}, me="south") == []
+
+
+def test_relay_stops_at_a_gap_it_cannot_bridge(tmp_path):
+    conn = _kept_store(tmp_path, [("north", 1, 2, 3, 5), ("north", 1, 4, 9, 9)])
+    # the hub holds up to 2: batch 2 continues it; batch 3 (6..8) is not kept, so 4 waits
+    assert relay.missing_at_hub(conn, {"north/1": 2}, me="east") == [b"north/1#2"]
+    # the hub holds up to 1: nothing kept starts at 2, so nothing is sent (a gap)
+    assert relay.missing_at_hub(conn, {"north/1": 1}, me="east") == []
+
+
+def test_a_database_without_kept_batches_relays_nothing(tmp_path):
+    conn = apsw.Connection(str(tmp_path / "old.db"))
+    assert relay.missing_at_hub(conn, {}, me="east") == []
+    assert conn.execute("SELECT count(*) FROM sqlite_master").fetchall() == [(0,)]

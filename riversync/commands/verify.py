@@ -14,10 +14,12 @@ such, not as damage: the parked events apply once its schema is upgraded.
 The hub is asked too (its ``GET /v1/status`` lists the last sequence it holds of every
 origin), because waiting is not always the answer.  A node that holds events of an origin
 beyond what the hub holds got them from the hub, so the hub lost them (a hub restore).  If
-the origin's own node still holds them it pushes them again: still "not caught up yet".
-If it no longer does (it was restored from an older backup too), nothing will ever deliver
-them to the nodes that lack them: that is reported as lost at the hub, naming the origin,
-the sequence range and the nodes that hold the only copies.
+the origin's own node still holds them it pushes them again, and a node that kept the
+signed batches pulls pushes them again too (node ``relay``): still "not caught up yet".
+If neither (the origin was restored from an older backup too, and no node kept the
+batches), nothing will ever deliver them to the nodes that lack them: that is reported as
+lost at the hub, naming the origin, the sequence range and the nodes that hold the only
+copies.
 
 Exit codes: 0 consistent, 1 nodes with the same events differ or events are lost at the
 hub, 3 a node or the hub did not answer.
@@ -88,12 +90,13 @@ def beyond_hub(reports: dict[str, dict], hub_origins: dict[str, int]) -> dict:
     """Events some node holds of an origin beyond what the hub holds of it.
 
     Only the hub delivers other origins' events, so a node holding more than the hub of
-    another origin means the hub lost them.  ``lost``: the origin's node holds less than
-    the holders too, so no one will push them again; ``repushing``: the origin's node
-    still holds them and pushes them again; ``unconfirmed``: the origin's node was not
-    asked, so which of the two cannot be told."""
+    another origin means the hub lost them.  ``repushing``: the origin's node still holds
+    them and pushes them again; ``relaying``: a holder kept the signed batches from the
+    hub's last one on (its ``kept_batches``) and pushes them again [N-RELAY-1]; ``lost``:
+    neither, so no one will ever deliver them; ``unconfirmed``: no holder can relay and
+    the origin's node was not asked, so whether it can cannot be told."""
     origins = sorted({o for r in reports.values() for o in r.get("events", {})})
-    out: dict[str, list] = {"lost": [], "repushing": [], "unconfirmed": []}
+    out: dict[str, list] = {"lost": [], "repushing": [], "relaying": [], "unconfirmed": []}
     for origin in origins:
         origin_node = origin.rsplit("/", 1)[0]
         hub = hub_origins.get(origin, 0)
@@ -108,17 +111,25 @@ def beyond_hub(reports: dict[str, dict], hub_origins: dict[str, int]) -> dict:
         entry = {"origin": origin, "first": first, "last": top, "hub_holds": hub,
                  "origin_holds": own,
                  "held_by": sorted(n for n, c in holders.items() if c >= first)}
-        if own is None:
-            entry["first"] = hub + 1
-            entry["held_by"] = sorted(holders)
-            out["unconfirmed"].append(entry)
-        elif own >= top:
-            entry["first"] = hub + 1
-            entry["held_by"] = sorted(holders)
-            out["repushing"].append(entry)
+        relayers = sorted(n for n in holders if _covers(reports[n], origin, hub + 1, top))
+        if own is not None and own >= top:
+            kind = "repushing"
+        elif relayers:
+            kind = "relaying"
+            entry["relayed_by"] = relayers
         else:
-            out["lost"].append(entry)
+            kind = "unconfirmed" if own is None else "lost"
+        if kind != "lost":
+            entry["first"] = hub + 1
+            entry["held_by"] = sorted(holders)
+        out[kind].append(entry)
     return out
+
+
+def _covers(report: dict, origin: str, first: int, last: int) -> bool:
+    kept = (report.get("kept_batches") or {}).get(origin)
+    return (isinstance(kept, list) and len(kept) == 2
+            and kept[0] <= first and kept[1] >= last)
 
 
 def hub_origins(hub_url: str, timeout_s: float = 15.0) -> tuple[dict[str, int] | None, str]:
@@ -209,6 +220,9 @@ def cmd_verify(args) -> int:
         for e in (result["beyond_hub"] or {}).get("repushing", []):
             print(f"the hub lost {e['origin']} {_range(e)}; {e['origin'].rsplit('/', 1)[0]} "
                   "still holds them and pushes them again")
+        for e in (result["beyond_hub"] or {}).get("relaying", []):
+            print(f"the hub lost {e['origin']} {_range(e)}; {', '.join(e['relayed_by'])} "
+                  "kept the signed batches and push(es) them again")
         for e in (result["beyond_hub"] or {}).get("unconfirmed", []):
             print(f"the hub lost {e['origin']} {_range(e)} (held by {', '.join(e['held_by'])}); "
                   f"{e['origin'].rsplit('/', 1)[0]} was not asked: add its config to tell "

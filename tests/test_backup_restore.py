@@ -177,9 +177,12 @@ def test_c21b_restore_after_a_crash_left_wal_and_shm(cluster):
     assert Path(str(db) + "-wal").exists()
     res = run("restore", "-c", cfg, backup["path"])
     assert res["restored_tables"] == manifest["tables"]
-    # the restored file, opened on its own, holds the backup's rows and is sound
+    # the writes after the backup, read from the crashed file with its -wal, are carried over
+    assert res["carried_over"] == 3
+    # the restored file, opened on its own, holds the backup's rows (and those) and is sound
     conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-    assert {r[0] for r in conn.execute("SELECT player_id FROM players")} == {"B-0", "B-1"}
+    assert {r[0] for r in conn.execute("SELECT player_id FROM players")} == {
+        "B-0", "B-1", "A-0", "A-1", "A-2"}
     assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     conn.close()
     c.start("north")

@@ -31,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import head
 from .staging import StagingDesk, StagingError, load_import_options
 from .staging import backlog as _backlog
 
@@ -204,6 +205,9 @@ class _Handlers:
         exclude = _int_list(body, "exclude")
         res = await ctx.db.write("local", lambda: desk_for(ctx).apply(
             bid, user=caller.name, confirm=confirm, exclude=exclude))
+        store = getattr(ctx, "store", None)
+        if store is not None:  # the head file follows every local commit (node.head)
+            await ctx.db.run(head.record, store)
         agent = getattr(ctx, "agent", None)
         if agent is not None:
             agent.notify_write()

@@ -60,6 +60,9 @@ def test_excel_at_north_email_at_south_converge(tmp_path):
         assert code != 0 and "FORBIDDEN" in err
         code, out, err = cli("staging", "apply", str(batch), "-c", north_cfg)
         assert code == 0 and "6 change(s)" in out, err
+        # the head file follows the staged commit: a copy put back would be noticed
+        head = Path(str(c.node_config("north").db_path) + ".head").read_text().split(":")
+        assert int(head[0]) == c.status("north")["epoch"] and int(head[1]) >= 6
 
         mail = Path(c.node_config("south").staging_email_dir)
         mail.mkdir(parents=True, exist_ok=True)

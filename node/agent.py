@@ -66,6 +66,9 @@ REPLAY_RETRY_THRESHOLD = 3  # a batch the store refuses this many times stops re
 
 META_PENDING = "agent.push.pending"  # hex of the signed bytes awaiting an ack
 META_CHAIN = "agent.push.chain"  # "<epoch>:<batch n>:<hash hex>" of the last acked batch
+# The batch a restored backup was still waiting for an ack on (hex of its signed bytes):
+# proven held when the hub's last batch hash is its hash, or a later own batch chains to it.
+META_RESTORED_PENDING = "agent.push.restored"
 
 
 @dataclass(frozen=True)
@@ -447,12 +450,34 @@ class Agent:
             # copy put back).  They are compared one by one when the pull brings them back.
             self._old_chains[epoch] = (n, h)
             self._old_held[epoch] = seq
+            self._settle_restored_pending(epoch, n, h)
             if pending is not None and pending[1].e == epoch:
                 batch = pending[1]
                 if not (batch.n == n + 1 and batch.prev == h and batch.first == seq + 1):
                     # Stored already (covered by the mark) or overtaken: built again from
                     # the outbox, under the number the hub expects next.
                     self.store.meta_set(META_PENDING, "")
+
+    def _restored_pending(self) -> tuple[Batch, bytes] | None:
+        raw = self.store.meta_get(META_RESTORED_PENDING)
+        if not raw:
+            return None
+        env = codec.decode(bytes.fromhex(str(raw)), Envelope)
+        return codec.decode(env.b, Batch), body_hash(env.b)
+
+    def _settle_restored_pending(self, epoch: int, n: int, h: bytes) -> None:
+        """Acknowledge the batch a restored backup awaited an ack for once the hub proves it
+        holds those very bytes (db thread): the hub's batch ``n`` of ``epoch`` has hash
+        ``h`` (its last one, from a hello; or the one a pulled own batch chains to).  Such
+        a batch may sit before the restored cursor, so the pull might never bring its
+        events back to be compared."""
+        rp = self._restored_pending()
+        if rp is None:
+            return
+        batch, bh = rp
+        if batch.e == epoch and batch.n == n and bh == h:
+            self.store.mark_acked(epoch, batch.last)
+            self.store.meta_set(META_RESTORED_PENDING, "")
 
     def _align_push_state(self, held: OriginState | None) -> None:
         """Bring the push chain in line with what the hub holds of this epoch (db thread).
@@ -722,6 +747,9 @@ class Agent:
                           kept: list[tuple[Batch, bytes]] = ()):
         with transaction(self.store.conn):  # the kept envelopes commit with the apply
             relay.keep(self.store.conn, list(kept))
+            for batch, _raw in kept:
+                if batch.o == self.s.node_id and batch.e != self.store.epoch and batch.n > 1:
+                    self._settle_restored_pending(batch.e, batch.n - 1, batch.prev)
             found = self._settle_own(events, now)
             result = self.store.apply_remote(events, now_ms=now, cursor=cursor)
         return found, result

@@ -126,6 +126,14 @@ def new_epoch() -> int:
     return secrets.randbits(62) | 1
 
 
+def keep_restored_pending(store) -> None:
+    """Before a new node epoch clears the batch awaiting an ack, keep its bytes: the hub's
+    hashes can still prove it held (``Agent._settle_restored_pending``)."""
+    pending = store.meta_get(META_PENDING)
+    if pending:
+        store.meta_set(META_RESTORED_PENDING, pending)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -535,6 +543,7 @@ class Agent:
             )
         new = new_epoch()
         self.store.begin_epoch(new)
+        keep_restored_pending(self.store)
         self.store.meta_set(META_PENDING, "")
         self.store.meta_set(META_CHAIN, "")
         self.renewed_epoch = (epoch, new)

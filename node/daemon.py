@@ -109,13 +109,14 @@ def renew_if_behind(store) -> tuple[int, int] | None:
     old epoch is settled with the hub at the first hello (``Agent._align_old_epochs``).
     Returns (old epoch, new epoch) when it renewed.
     """
-    from .agent import META_CHAIN, META_PENDING
+    from .agent import META_CHAIN, META_PENDING, keep_restored_pending
 
     if head.behind(store) is None:
         head.record(store)
         return None
     old = store.epoch
     store.begin_epoch(new_epoch())
+    keep_restored_pending(store)
     store.meta_set(META_PENDING, "")
     store.meta_set(META_CHAIN, "")
     head.record(store)

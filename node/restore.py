@@ -18,7 +18,7 @@ from pathlib import Path
 from riversync.config import NodeConfig
 
 from . import head
-from .agent import META_CHAIN, META_PENDING, META_RESTORED_PENDING
+from .agent import META_CHAIN, META_PENDING, keep_restored_pending
 from .backup import restore_file, verify_backup
 
 
@@ -41,9 +41,7 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
     store.begin_epoch(epoch)
     # A batch signed before the backup is rebuilt, if still needed, from what the hub holds;
     # its bytes are kept so that the hub's hashes can prove it held (Agent).
-    pending = store.meta_get(META_PENDING)
-    if pending:
-        store.meta_set(META_RESTORED_PENDING, pending)
+    keep_restored_pending(store)
     store.meta_set(META_PENDING, "")
     store.meta_set(META_CHAIN, "")
     carried = store.carry_own(carry)

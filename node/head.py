@@ -56,7 +56,8 @@ def behind(store) -> tuple[int, int] | None:
     if head is None:
         return None
     epoch, seq = head
-    mine = store.own_seq(epoch)
-    if mine is None or mine < seq:
+    # A node that never wrote in ``epoch`` has handed out nothing there (the head says 0):
+    # that is not behind, or every idle node would start a new epoch at each start-up.
+    if (store.own_seq(epoch) or 0) < seq:
         return head
     return None

@@ -4,44 +4,15 @@ the user who applies, and the same roles with the node stopped as through its AP
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import openpyxl
 import pytest
-
-from riversync.cli import main
-
-DATA = os.path.join(os.path.dirname(__file__), "data")
+from cli_cluster import make_cluster, run
 
 
 @pytest.fixture
 def cluster(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("RIVERSYNC_TOKEN", raising=False)
-    d = tmp_path / "c"
-    assert main(["cluster", "init", "--offices", "north,south", str(d)]) == 0
-    shutil.copy(os.path.join(DATA, "staging_schema.toml"), d / "schema.toml")
-    create_node_databases(d, ("north", "south"))
-    capsys.readouterr()
-    monkeypatch.chdir(d)
-    return d
-
-
-def create_node_databases(d, offices) -> None:
-    """What `riversync node serve` does first: offline commands never create a database."""
-    from riversync.config import load_node_config
-    from riversync.engine.schema import load_schema
-    from riversync.node import daemon
-
-    schema = load_schema(d / "schema.toml")
-    for office in offices:
-        daemon.open_store(load_node_config(d / f"node-{office}.toml"), schema).close()
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return make_cluster(tmp_path, capsys, monkeypatch)
 
 
 def workbook(path, rows, header=("customer_id", "name", "credit_limit")):

@@ -9,39 +9,20 @@ event the hub already holds a second time, and a duplicated creation is a confli
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from restore_util import SCHEMA, add, run
 
 from riversync.node.localcluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = ROOT / "examples" / "leagues" / "schema.toml"
-RIVERSYNC = Path(sys.executable).parent / "riversync"
 WAIT = 30.0
 
 
-def run(*args: str) -> dict:
-    p = subprocess.run([str(RIVERSYNC), *args, "--json"], capture_output=True, text=True,
-                       timeout=120)
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout)
 
 
-def add(c: LocalCluster, *pks: str) -> list[tuple[int, int]]:
-    """Create players at north, one request each; returns their (epoch, seq)."""
-    cl = c.client("north", "north-clerk")
-    out = []
-    for pk in pks:
-        ev = cl.post("/v1/tables/players/rows", {"pk": pk, "values": {"full_name": pk}})
-        out.extend((e["epoch"], e["seq"]) for e in ev["events"])
-    return out
 
 
 def audit(c: LocalCluster, office: str) -> list[dict]:

@@ -9,13 +9,11 @@ and every office must end with the same events and the same state.
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from restore_util import SCHEMA, add, players, run
 
 from riversync.engine.schema import load_schema
 from riversync.engine.store import Store
@@ -23,31 +21,13 @@ from riversync.node.localcluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = ROOT / "examples" / "leagues" / "schema.toml"
-RIVERSYNC = Path(sys.executable).parent / "riversync"
 WAIT = 30.0
 
 
-def run(*args: str) -> dict:
-    p = subprocess.run([str(RIVERSYNC), *args, "--json"], capture_output=True, text=True,
-                       timeout=120)
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout)
 
 
-def add(c: LocalCluster, *pks: str) -> list[tuple[int, int]]:
-    cl = c.client("north", "north-clerk")
-    out = []
-    for pk in pks:
-        ev = cl.post("/v1/tables/players/rows", {"pk": pk, "values": {"full_name": pk}})
-        out.extend((e["epoch"], e["seq"]) for e in ev["events"])
-    return out
 
 
-def players(c: LocalCluster, office: str) -> set[str]:
-    rows = c.client(office).get("/v1/tables/players/rows?limit=1000")["rows"]
-    return {r["player_id"] for r in rows}
 
 
 def put_back(db: Path, copy: Path, aside: Path, *, with_head: bool) -> None:

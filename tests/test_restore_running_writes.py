@@ -8,36 +8,22 @@ continuation, and those it has are recognised by content.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from restore_util import SCHEMA, players, run
 
 from riversync.node.client import NodeRefused, NodeUnreachable
 from riversync.node.localcluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = ROOT / "examples" / "leagues" / "schema.toml"
-RIVERSYNC = Path(sys.executable).parent / "riversync"
 WAIT = 60.0
 
 
-def run(*args: str) -> dict:
-    p = subprocess.run([str(RIVERSYNC), *args, "--json"], capture_output=True, text=True,
-                       timeout=120)
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout)
 
 
-def players(c: LocalCluster, office: str) -> set[str]:
-    rows = c.client(office).get("/v1/tables/players/rows?limit=1000")["rows"]
-    return {r["player_id"] for r in rows}
 
 
 def done(c: LocalCluster, want: set[str]) -> bool:

@@ -14,6 +14,13 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from riversync.config import (
+    DEFAULT_CRITICAL_NO_SYNC_S,
+    DEFAULT_REPLAY_RETRY_THRESHOLD,
+    DEFAULT_WARN_NO_SYNC_S,
+    DEFAULT_WARN_QUEUED_EVENTS,
+)
+
 OK = "ok"
 WARNING = "warning"
 CRITICAL = "critical"
@@ -21,10 +28,11 @@ LEVELS = (OK, WARNING, CRITICAL)
 EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2}
 
 # Runbook defaults.  Each can be changed in the node config's [alerts] table.
-WARN_NO_SYNC_S = 10 * 60  # warning: no successful sync for 10 minutes
-CRIT_NO_SYNC_S = 30 * 60  # critical: no successful sync for 30 minutes
-WARN_QUEUE_EVENTS = 500  # warning: more than 500 events waiting for the hub
-REPLAY_RETRY_THRESHOLD = 3  # critical: more consecutive failed replays than this
+# The runbook's defaults are defined once, with the node config that can override them.
+WARN_NO_SYNC_S = DEFAULT_WARN_NO_SYNC_S  # warning: no successful sync for 10 minutes
+CRIT_NO_SYNC_S = DEFAULT_CRITICAL_NO_SYNC_S  # critical: no successful sync for 30 minutes
+WARN_QUEUE_EVENTS = DEFAULT_WARN_QUEUED_EVENTS  # warning: more than 500 events queued
+REPLAY_RETRY_THRESHOLD = DEFAULT_REPLAY_RETRY_THRESHOLD  # critical: failed replays in a row
 STAGING_MAX_AGE_S = 24 * 3600  # warning: Excel staging waiting for review longer than a day
 EMAIL_BACKLOG_FILES = 50  # warning: this many unprocessed emails in the drop folder
 

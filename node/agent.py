@@ -177,6 +177,9 @@ class Agent:
         self.batch_max = settings.batch_max_events
         self.may_renew_epoch = True  # until the first local write or completed hello
         self._relay_due = False  # set when the hub's epoch changed: see relay_lost
+        # Set when a restored hub had lost batches of this epoch and the chain was rebuilt
+        # from what it held: another node may relay our original batches meanwhile.
+        self._hub_lost_own = False
         # Older epochs of this node as the hub holds them: epoch -> (batches, last hash).
         self._old_chains: dict[int, tuple[int, bytes]] = {}
         # ... and the hub's last number of each: own events up to it wait for the pull.
@@ -364,7 +367,9 @@ class Agent:
             delay = backoff_delay(self.attempt, self.s.backoff_base_s, self._cap(), self.rng)
             self.attempt += 1
             return delay
-        if e.action == RESYNC and not isinstance(e, SequenceFork):
+        if e.action == RESYNC and (not isinstance(e, SequenceFork) or self._hub_lost_own):
+            # A fork right after the hub lost our batches is another node's relay of our
+            # original bytes racing our rebuilt batch: hello again and adopt the hub's chain.
             self._note_error(e.code, e.message, e.hint, RESYNC)
             self._hello_ok.clear()
             return self.s.backoff_base_s
@@ -502,6 +507,15 @@ class Agent:
         pending = self._pending()
         if pending is not None and pending[1].e != epoch:
             pending = None  # an older epoch's: settled by _align_old_epochs
+        if self._hub_lost_own and hub_n > n and (self.store.own_seq(epoch) or 0) >= hub_seq:
+            # A restored hub lost our batches, we rebuilt ours from what it held, and another
+            # node relayed our originals first [N-RELAY-1]: the hub holds exactly events we
+            # signed, so they are acknowledged and the chain continues from the hub's.
+            self._hub_lost_own = False
+            self.store.meta_set(META_PENDING, "")
+            self.store.mark_acked(epoch, hub_seq)
+            self._set_chain(epoch, hub_n, hub_hash)
+            return
         if pending is not None:
             _data, batch, phash = pending
             if batch.n == hub_n and phash == hub_hash:
@@ -519,6 +533,7 @@ class Agent:
             self._behind(epoch, hub_n, hub_seq, f"this node knows {n} of the hub's {hub_n} batches")
         elif n > hub_n:
             # Hub restored from an older backup: re-push everything after what it holds.
+            self._hub_lost_own = True
             self._unack(epoch, hub_seq)
             self._set_chain(epoch, hub_n, hub_hash)
 

@@ -27,7 +27,7 @@ from riversync.node.db import DbThread
 from riversync.node.health import NodeMetrics
 from riversync.node.localcluster import LocalCluster
 from riversync.node.transport import HubClient, HubUnreachable
-from riversync.protocol.errors import ProtocolError
+from riversync.protocol.errors import ProtocolError, SequenceFork
 from riversync.protocol.keys import NodeEntry
 
 pytestmark = pytest.mark.slow
@@ -213,6 +213,57 @@ def test_hub_restored_from_an_older_backup_gets_back_what_it_lost(tmp_path):
             assert c.status(o)["agent"]["state"] == "running"
     finally:
         c.stop_all()
+
+
+def test_a_relay_that_beats_the_origins_rebuilt_batch_is_adopted_not_a_fork(hub_only):
+    """The race behind a restored hub [N-RELAY-1], in a fixed order: north learns that the
+    hub lost its last batch and plans to push those events again in a rebuilt batch; south
+    relays north's original batch first; north's rebuilt batch then forks from the hub's
+    chain.  North must adopt the hub's chain (the events are the ones it signed), not stop."""
+    c = hub_only
+
+    async def main():
+        north = await Node(c, "north").open()
+        south = await Node(c, "south", epoch=12).open()
+        try:
+            await north.write("B-0", "B-1")
+            await north.agent.hello()
+            assert await north.agent.push_all() == 2
+            subprocess.run([str(RIVERSYNC), "hub", "backup", "-c", str(c.hub_config),
+                            str(c.dir / "hub-backup.db")],
+                           check=True, capture_output=True, timeout=WAIT)
+            await north.write("A-0", "A-1", "A-2")
+            assert await north.agent.push_all() == 3
+            await south.agent.hello()
+            assert await south.agent.pull_all(0) == 5  # south keeps north's batches as signed
+            c.stop("hub")
+            subprocess.run([str(RIVERSYNC), "hub", "restore", "-c", str(c.hub_config),
+                            str(c.dir / "hub-backup.db")],
+                           check=True, capture_output=True, timeout=WAIT)
+            c.start("hub")
+            for node in (north, south):  # the first request after a hub restart may meet
+                try:  # a kept-alive connection the old process closed
+                    await node.agent.hello()
+                except HubUnreachable:
+                    pass
+            await north.agent.hello()
+            assert north.agent._hub_lost_own  # north will push A-0..A-2 again, rebuilt
+            await south.agent.hello()
+            assert await south.agent.relay_lost() == 1  # north's original batch, first
+            with pytest.raises(SequenceFork) as fork:  # the rebuilt batch, after the relay
+                await north.agent.push_all()
+            north.agent._protocol_error(fork.value)  # what the agent's loop does with it
+            assert north.agent.state != "stopped", north.agent.error
+            assert await north.agent.sync_now_quietly(WAIT)  # hello adopts the hub's chain
+            assert await north.db.run(north.store.outbox_size) == 0
+            held = {o.epoch: o for o in (await north.agent.hello()).origins}
+            assert held[north.store.epoch].last_seq == 5
+            assert await north.agent.push_all() == 0  # nothing pushed twice
+        finally:
+            await north.close()
+            await south.close()
+
+    asyncio.run(asyncio.wait_for(main(), 3 * WAIT))
 
 
 def test_a_batch_the_hub_finds_too_large_is_rebuilt_smaller(tmp_path):

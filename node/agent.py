@@ -42,6 +42,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import apsw
+
+from riversync.config import DEFAULT_RELAY_KEEP_DAYS
 from riversync.engine.db import transaction
 from riversync.protocol import codec
 from riversync.protocol.codec import ZERO_HASH, body_hash, make_batch, open_envelope, sign
@@ -69,6 +72,10 @@ META_CHAIN = "agent.push.chain"  # "<epoch>:<batch n>:<hash hex>" of the last ac
 # The batch a restored backup was still waiting for an ack on (hex of its signed bytes):
 # proven held when the hub's last batch hash is its hash, or a later own batch chains to it.
 META_RESTORED_PENDING = "agent.push.restored"
+# Set (to the new hub epoch) when hello finds the cursor of an older hub epoch, cleared only
+# after a relay pass completed [N-RELAY-1]: a restart or a pull that moves the cursor to the
+# new epoch first must not make the node forget that the hub may lack batches it keeps.
+META_RELAY_DUE = "agent.relay.due"
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class AgentSettings:
     backoff_base_s: float = BACKOFF_BASE_S
     backoff_cap_s: float = BACKOFF_CAP_S
     replay_retry_threshold: int = REPLAY_RETRY_THRESHOLD
+    relay_keep_days: int = DEFAULT_RELAY_KEEP_DAYS  # 0: keep no pulled batches, relay nothing
 
 
 class Resync(Exception):
@@ -177,6 +185,10 @@ class Agent:
         self.batch_max = settings.batch_max_events
         self.may_renew_epoch = True  # until the first local write or completed hello
         self._relay_due = False  # set when the hub's epoch changed: see relay_lost
+        self._relay_due_loaded = False  # read back from META_RELAY_DUE once per start
+        self.relay_clock = now_ms  # when batches count as kept and pruning runs (ms)
+        self._relay_pruned_at: int | None = None
+        self.relay_kept: tuple[int, int] | None = None  # (batches, bytes) at the last prune
         # Set when a restored hub had lost batches of this epoch and the chain was rebuilt
         # from what it held: another node may relay our original batches meanwhile.
         self._hub_lost_own = False
@@ -233,6 +245,10 @@ class Agent:
             "realtime": self.s.realtime,
             "diverged": self.diverged[-20:],
             "sync_interval_s": self.s.sync_interval_s,
+            "relay_due": self._relay_due,
+            "relay_keep_days": self.s.relay_keep_days,
+            "relay_kept_batches": self.relay_kept[0] if self.relay_kept else None,
+            "relay_kept_bytes": self.relay_kept[1] if self.relay_kept else None,
         }
 
     # ---- the loops --------------------------------------------------------------------
@@ -287,6 +303,7 @@ class Agent:
                 await asyncio.sleep(wait)
 
     async def _cycle(self, *, pull: bool) -> dict:
+        await self.prune_relay()  # first: it needs no hub
         if not self._hello_ok.is_set():
             await self.hello()
         pushed = await self.push_all()
@@ -314,6 +331,8 @@ class Agent:
         try:
             await self.hello()
             pushed = await self.push_all()
+            if self._relay_due:
+                await self.relay_lost()
             self._poll_interrupt.set()
             pulled = await self.pull_all(0)
         except (HubUnreachable, ApplyFailed) as e:
@@ -396,6 +415,7 @@ class Agent:
         body = Hello(v=VERSION, c=self.s.cluster_id, o=self.s.node_id, ts=now_ms(),
                      e=self.store.epoch, nonce=os.urandom(16))
         reply = await self.hub.hello(sign(body, self.key))
+        await self._load_relay_due()
         self.hub_epoch = reply.hub_epoch
         self.hub_head = reply.head
         mine = next((o for o in reply.origins if o.epoch == self.store.epoch), None)
@@ -405,7 +425,10 @@ class Agent:
         if cur is None:
             self._pull_override = (reply.hub_epoch, 0)
         elif cur[0] != reply.hub_epoch:
-            self._relay_due = True  # a restored hub may lack batches only we hold now
+            # A restored hub may lack batches only we hold now: durable before the pull
+            # below moves the cursor into the new epoch, where no hello would see it again.
+            await self.db.run(self.store.meta_set, META_RELAY_DUE, str(reply.hub_epoch))
+            self._relay_due = True
             # Cursor of an older hub epoch: send it unchanged and let the hub decide where
             # to start [H-EPOCH-2].  Only the hub knows every restore point since; the reply
             # names only the newest, so a minimum taken here skips batches after two restores.
@@ -644,20 +667,66 @@ class Agent:
         and chain, so a refusal here only means someone else got there first."""
         held = await relay.hub_holds(self.hub.base_url)
         if held is None:
-            return 0  # cannot tell now: try again next cycle
+            return 0  # cannot tell now: try again next cycle (the flag stays, on disk too)
         envelopes = await self.db.run(relay.missing_at_hub, self.store.conn, held,
                                       self.s.node_id)
         stored = 0
+        again = False
         for data in envelopes:
             try:
                 stored += (await self.hub.push(data)).status == "stored"
             except ProtocolError as e:
+                if e.action == RETRY:  # busy, clock: the hub did not judge the batch
+                    again = True
+                    log.info("relaying a batch the hub lost must wait: %s", e)
+                    break
                 log.info("relaying a batch the hub lost was refused: %s", e)
-        self._relay_due = False
+        if not again:
+            await self.db.run(self.store.meta_set, META_RELAY_DUE, "")
+            self._relay_due = False
         if stored:
             log.warning("node %s: the hub had lost %d batch(es) of other origins that only "
                         "this node held; pushed them again as signed", self.s.node_id, stored)
         return stored
+
+    async def _load_relay_due(self) -> None:
+        """Read back a relay pass that was due when the node stopped (once per start)."""
+        if not self._relay_due_loaded:
+            if await self.db.run(self.store.meta_get, META_RELAY_DUE):
+                self._relay_due = True
+            self._relay_due_loaded = True
+
+    async def prune_relay(self, *, force: bool = False) -> int | None:
+        """Delete kept batches older than ``relay_keep_days`` and refresh the kept-batch
+        metrics; at most once every ``relay.PRUNE_INTERVAL_S`` unless ``force``.  Returns
+        the batches deleted, or None when it did not run.
+
+        While a relay pass is due nothing is deleted: the hub may need exactly the oldest
+        batches.  A failure is logged and retried at the next interval; it must not stop
+        replication, which does not depend on it.
+        """
+        now = self.relay_clock()
+        if (not force and self._relay_pruned_at is not None
+                and now - self._relay_pruned_at < relay.PRUNE_INTERVAL_S * 1000):
+            return None
+        self._relay_pruned_at = now
+        try:
+            await self._load_relay_due()
+            gone = 0
+            if not self._relay_due:
+                gone = await self.db.write("relay", relay.prune, self.store.conn, now,
+                                           self.s.relay_keep_days)
+            self.relay_kept = await self.db.run(relay.kept_stats, self.store.conn)
+        except apsw.Error as e:
+            log.error("pruning the kept relay batches failed (retried in %d s): %s",
+                      relay.PRUNE_INTERVAL_S, e)
+            return None
+        self.metrics.relay_kept_batches.set(self.relay_kept[0])
+        self.metrics.relay_kept_bytes.set(self.relay_kept[1])
+        if gone:
+            log.info("node %s: deleted %d kept relay batch(es) older than %d day(s)",
+                     self.s.node_id, gone, self.s.relay_keep_days)
+        return gone
 
     # ---- pull -------------------------------------------------------------------------
 
@@ -770,7 +839,8 @@ class Agent:
     def _settle_and_apply(self, events: list, now: int, cursor: tuple[str, int, int],
                           kept: list[tuple[Batch, bytes]] = ()):
         with transaction(self.store.conn):  # the kept envelopes commit with the apply
-            relay.keep(self.store.conn, list(kept))
+            if self.s.relay_keep_days > 0:
+                relay.keep(self.store.conn, list(kept), self.relay_clock())
             for batch, _raw in kept:
                 if batch.o == self.s.node_id and batch.e != self.store.epoch and batch.n > 1:
                     self._settle_restored_pending(batch.e, batch.n - 1, batch.prev)

@@ -289,7 +289,8 @@ def make_agent(ctx: NodeContext) -> Agent:
     cfg = ctx.cfg
     settings = AgentSettings(cluster_id=cfg.roster.cluster_id, node_id=cfg.node_id,
                              sync_interval_s=cfg.sync_interval_s, realtime=cfg.realtime,
-                             replay_retry_threshold=cfg.replay_retry_threshold)
+                             replay_retry_threshold=cfg.replay_retry_threshold,
+                             relay_keep_days=cfg.relay_keep_days)
     return Agent(settings, ctx.store, ctx.db, cfg.signing_key(), cfg.roster,
                  HubClient(cfg.hub_url), ctx.metrics)
 

@@ -157,6 +157,14 @@ class NodeMetrics:
                                  "0 ok, 1 warning, 2 critical (see docs/how-to/operate.md)",
                                  registry=r)
         self.db_up = Gauge(p + "db_up", "1 when the database answers, else 0", registry=r)
+        self.relay_kept_batches = Gauge(p + "relay_kept_batches",
+                                        "Pulled batches kept to relay after a hub restore",
+                                        registry=r)
+        self.relay_kept_bytes = Gauge(p + "relay_kept_bytes",
+                                      "Signed bytes of the kept relay batches", registry=r)
+        self.relay_due = Gauge(p + "relay_due",
+                               "1 while a relay pass after a hub restore has not completed",
+                               registry=r)
 
     def update(self, snap: dict, level: str) -> None:
         """Copy a snapshot into the gauges (counters and histograms move as things happen)."""
@@ -179,6 +187,7 @@ class NodeMetrics:
         self.staging_oldest.set(oldest if isinstance(oldest, int | float) else 0)
         self.alert_level.set(EXIT_CODES[level])
         self.db_up.set(1 if snap.get("db_ok", True) else 0)
+        self.relay_due.set(1 if (snap.get("agent") or {}).get("relay_due") else 0)
 
 
 def _duration(seconds: float) -> str:

@@ -54,6 +54,10 @@ DEFAULT_BACKUP_KEEP_LAST = 24  # backups; the newest are always kept (a day of h
 DEFAULT_BACKUP_KEEP_DAILY = 14  # days; plus the newest backup of each day, two weeks back
 DEFAULT_WATCH_EMAIL = False  # the drop-folder watcher is opt-in: ingestion may be run by hand
 DEFAULT_EMAIL_POLL_S = 30  # s; how often the watcher looks into the drop folder
+# days; pulled batches kept to relay after a hub restore: twice the 14 days of daily backups
+# the runbook keeps, so any hub backup an operator would still restore is covered; 0: off
+DEFAULT_RELAY_KEEP_DAYS = 30
+MAX_RELAY_KEEP_DAYS = 3650  # days; beyond ten years no hub backup would be restored
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
@@ -135,6 +139,7 @@ class NodeConfig:
     backup_keep_daily: int = DEFAULT_BACKUP_KEEP_DAILY
     staging_watch_email: bool = DEFAULT_WATCH_EMAIL
     staging_email_poll_s: int = DEFAULT_EMAIL_POLL_S
+    relay_keep_days: int = DEFAULT_RELAY_KEEP_DAYS
 
     def signing_key(self) -> SigningKey:
         """The node's private key, checked against the roster."""
@@ -391,6 +396,8 @@ def load_node_config(path: Path | str) -> NodeConfig:
                          hi=MAX_REPLAY_RETRY_THRESHOLD)
     keep_last = f.int("backup_keep_last", DEFAULT_BACKUP_KEEP_LAST, lo=1, hi=100_000)
     keep_daily = f.int("backup_keep_daily", DEFAULT_BACKUP_KEEP_DAILY, lo=0, hi=100_000)
+    relay_keep_days = f.int("relay_keep_days", DEFAULT_RELAY_KEEP_DAYS, lo=0,
+                            hi=MAX_RELAY_KEEP_DAYS)
     st = f.table("staging")
     xlsx_dir = st.path_("xlsx_dir", f"staging/{node_id}/xlsx")
     email_dir = st.path_("email_dir", f"staging/{node_id}/email")
@@ -415,6 +422,7 @@ def load_node_config(path: Path | str) -> NodeConfig:
         schema_path=schema_path, replay_retry_threshold=replay_retry,
         backup_keep_last=keep_last, backup_keep_daily=keep_daily,
         staging_watch_email=watch_email, staging_email_poll_s=email_poll_s,
+        relay_keep_days=relay_keep_days,
     )
 
 

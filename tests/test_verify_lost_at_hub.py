@@ -244,7 +244,8 @@ def test_an_origin_the_hub_never_held_counts_from_zero():
 def _kept_store(tmp_path, batches: list[tuple[str, int, int, int, int]]):
     conn = apsw.Connection(str(tmp_path / "n.db"))
     relay.ensure(conn)
-    conn.executemany(f"INSERT INTO {relay.TABLE} VALUES (?, ?, ?, ?, ?, ?)",
+    conn.executemany(f"INSERT INTO {relay.TABLE} (node, epoch, n, first, last, envelope)"
+                     " VALUES (?, ?, ?, ?, ?, ?)",
                      [(*b, f"{b[0]}/{b[1]}#{b[2]}".encode()) for b in batches])
     return conn
 

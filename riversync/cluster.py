@@ -230,6 +230,7 @@ def init_cluster(
             "backup_dir": f"backups/{office}",
             "backup_keep_last": config.DEFAULT_BACKUP_KEEP_LAST,
             "backup_keep_daily": config.DEFAULT_BACKUP_KEEP_DAILY,
+            "relay_keep_days": config.DEFAULT_RELAY_KEEP_DAYS,
             "staging": {
                 "xlsx_dir": f"staging/{office}/xlsx",
                 "email_dir": f"staging/{office}/email",

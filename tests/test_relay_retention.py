@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -352,6 +353,7 @@ def test_a_prune_before_any_pull_migrates_an_old_table_too(tmp_path):
 def test_a_bad_relay_keep_days_is_refused_naming_the_field(tmp_path, value, words):
     c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA).create()
     path = c.node_configs["north"]
+    assert tomllib.loads(path.read_text())["relay_keep_days"] == 30  # cluster init writes it
     assert load_node_config(path).relay_keep_days == DEFAULT_RELAY_KEEP_DAYS == 30
     update_toml(path, relay_keep_days=0)
     assert load_node_config(path).relay_keep_days == 0

@@ -162,8 +162,11 @@ def _gc_paused():
 
     An apply allocates tens of thousands of small objects (journal rows, row summaries)
     and makes no reference cycles; without this the collector walks them over and over
-    (measured: a sixth of the apply's time).  Whatever cycles other code makes meanwhile
-    are collected as usual once the apply ends.
+    (measured: a sixth of the apply's time).  The collector is switched back on only after
+    the apply's objects are freed (the caller returns from a nested call first): freed
+    objects leave the young generation's count, so re-enabling then costs no collection
+    over them (measured: 5% of the apply's time before).  Whatever cycles other code makes
+    meanwhile are collected as usual once the apply ends.
     """
     if not gc.isenabled():
         yield
@@ -431,8 +434,11 @@ class Store:
             ClockSkew: an event is stamped more than ``max_drift_ms`` ahead of ``now_ms``;
                 nothing is applied.
         """
-        events = list(events)
-        with _gc_paused(), db.transaction(self.conn):
+        with _gc_paused():  # re-enabled only once the apply's objects are freed
+            return self._apply_remote(list(events), now_ms, cursor)
+
+    def _apply_remote(self, events: list, now_ms: int, cursor) -> ApplyResult:
+        with db.transaction(self.conn):
             if events:
                 top = max(ev.hlc for ev in events)
                 last = _meta(self.conn, "last_hlc") or 0
@@ -1256,10 +1262,13 @@ class _Apply:
         # known", a resolve whose conflict was not held): a row still unknown releases
         # nothing, so its waiting events are not folded again for nothing.
         rows = self.rows
-        pending = {k for k in set(self.touched) | done
-                   if (r := rows.get(k)) is not None and r.known}
-        while pending and _one(conn, "SELECT EXISTS(SELECT 1 FROM _rs_status"
-                                     " WHERE wtbl IS NOT NULL)"):
+        pending = None  # built only when some event waits at all (the common case: none)
+        while _one(conn, "SELECT EXISTS(SELECT 1 FROM _rs_status WHERE wtbl IS NOT NULL)"):
+            if pending is None:
+                pending = {k for k in self.touched | done
+                           if (r := rows.get(k)) is not None and r.known}
+            if not pending:
+                break
             retry = [tuple(r) for r in conn.execute(
                 "SELECT DISTINCT tbl, pk FROM _rs_status WHERE wtbl IS NOT NULL AND"
                 " (wtbl, wpk) IN (SELECT value->>0, value->>1 FROM json_each(?))",

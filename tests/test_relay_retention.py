@@ -32,6 +32,7 @@ from riversync.node.db import DbThread
 from riversync.node.health import NodeMetrics
 from riversync.node.localcluster import LocalCluster, update_toml
 from riversync.node.transport import HubClient
+from riversync.protocol.errors import Busy
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "examples" / "leagues" / "schema.toml"
@@ -410,6 +411,53 @@ def test_a_node_restarted_before_it_relayed_still_relays_after_the_restart(hub):
         south = await (Node(hub, "south", epoch=22)).open()
         await south.agent.hello()
         assert south.agent.snapshot()["relay_due"] is False
+        await south.close()
+
+    run(main())
+
+
+class BusyForRelays(HubClient):
+    """The hub answers BUSY to the next ``busy`` pushes (it did not judge them)."""
+
+    def __init__(self, url: str, busy: int):
+        super().__init__(url)
+        self.busy = busy
+
+    async def push(self, signed: bytes):
+        if self.busy:
+            self.busy -= 1
+            raise Busy("the hub is at its concurrency limit")
+        return await super().push(signed)
+
+
+def test_a_relay_pass_the_hub_was_too_busy_for_stays_due(hub):
+    backup = hub.dir / "hub-empty.db"
+    hub_cli(hub, "backup", "-c", str(hub.hub_config), str(backup))
+
+    async def main():
+        north = await (Node(hub, "north", epoch=11)).open()
+        south = await (Node(hub, "south", epoch=22)).open()
+        await north.agent.hello()
+        await south.agent.hello()
+        origin = f"north/{north.store.epoch}"
+        await north_pushes(north, "K-0", "K-1")
+        await north.close()
+        await south.agent.pull_all(0)
+        await south.close()
+        hub.stop("hub")
+        hub_cli(hub, "restore", "-c", str(hub.hub_config), str(backup))
+        hub.start("hub")
+
+        south = Node(hub, "south", epoch=22)
+        south.hub = BusyForRelays(south.cfg.hub_url, busy=1)
+        await south.open()
+        await south.agent.sync_now()  # hello, relay pass refused with BUSY, pull
+        assert origin not in hub_holds(hub)
+        assert south.agent.snapshot()["relay_due"] is True
+        assert await south.db.run(south.store.meta_get, META_RELAY_DUE)
+        await south.agent.sync_now()  # the hub has room now
+        assert hub_holds(hub)[origin] == 2
+        assert not await south.db.run(south.store.meta_get, META_RELAY_DUE)
         await south.close()
 
     run(main())

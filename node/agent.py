@@ -24,6 +24,12 @@ pull and is acknowledged only when each event matches the local one of the same 
 differing one is adopted and this node's write re-issued into the current epoch); the
 rest is pushed as the old epoch's continuation.
 
+*Relay.*  A hello that finds the cursor of an older hub epoch (the hub was restored)
+records a relay pass as due in the store, so neither a restart nor a pull into the new
+epoch can lose it; the pass pushes again the kept batches of other origins the hub lacks
+(``node.relay``) and only then clears it.  Kept batches older than ``relay_keep_days``
+are pruned in the sync cycle, never while a pass is due.
+
 *Failures* are classed, never logged and skipped: the hub away is retried with
 exponential backoff, jitter and a cap; a gap or a changed hub epoch makes the agent
 resync (hello again); a bad signature, a fork or a batch the store refuses beyond the
@@ -664,7 +670,9 @@ class Agent:
     async def relay_lost(self) -> int:
         """Push again, unchanged, other origins' batches the (restored) hub no longer holds
         [N-RELAY-1]; returns the batches stored.  The hub checks each with its origin's key
-        and chain, so a refusal here only means someone else got there first."""
+        and chain, so a refusal here only means someone else got there first; an answer
+        that judged nothing (the hub busy, unreachable, or its status unanswered) leaves the
+        pass due, in ``META_RELAY_DUE`` too, for the next cycle or the next start."""
         held = await relay.hub_holds(self.hub.base_url)
         if held is None:
             return 0  # cannot tell now: try again next cycle (the flag stays, on disk too)

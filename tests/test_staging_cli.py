@@ -80,3 +80,33 @@ def test_ingest_email_from_a_drop_folder(cluster, capsys):
     assert code == 0 and "0 staged, 1 already staged" in out
     assert sorted(os.listdir(drop / "processed")) == ["C30-charset-mislabel.eml",
                                                       "C32-no-date.eml", "again.eml"]
+
+
+def test_offline_apply_over_a_copy_put_back_writes_in_a_new_epoch(cluster, capsys):
+    """Proves [N-EPOCH-3] for writes made with the node stopped: a database behind its head
+    file starts a new node epoch before the command writes anything, and the command's
+    writes become the head."""
+    from riversync.config import load_node_config
+    from riversync.engine.schema import load_schema
+    from riversync.node import daemon, head
+
+    cfg = load_node_config(cluster / "node-north.toml")
+    store = daemon.open_store(cfg, load_schema(cluster / "schema.toml"))
+    old_epoch = store.epoch
+    store.close()
+    head.write(cfg.db_path, old_epoch, 7)  # the hub holds 7 numbers this copy never handed out
+    code, out, err = run(capsys, "import", "xlsx", os.path.join(DATA, "C28-apply-atomicity.xlsx"),
+                         "--table", "customers", "-c", "node-north.toml")
+    assert code == 0, err
+    assert "behind its head file" in err
+    applied = run_json(capsys, "staging", "apply", "1", "--exclude", "4", "-c", "node-north.toml")
+    assert applied["batch"]["events"] == 3
+    store = daemon.open_store(cfg, load_schema(cluster / "schema.toml"))
+    try:
+        new_epoch = store.epoch
+        assert new_epoch != old_epoch
+        assert store.own_seq(old_epoch) in (None, 0)  # nothing under the old numbers
+        assert store.own_seq(new_epoch) == 3
+    finally:
+        store.close()
+    assert head.read(cfg.db_path) == (new_epoch, 3)

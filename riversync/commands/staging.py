@@ -127,13 +127,23 @@ def open_node(args, *, admin: bool = False):
     except EngineError as e:
         raise CommandError(e.message, e.hint, EXIT_CRITICAL) from None
     user = default_user(cfg, getattr(args, "user", None))
+    from riversync.node import head
+
     try:
         with daemon.db_lock(cfg.db_path):
             store = daemon.open_store(cfg, schema)
             try:
+                # As at the daemon's start: a copy put back by hand must not take writes
+                # under numbers the hub already holds [N-EPOCH-3].
+                renewed = daemon.renew_if_behind(store)
+                if renewed is not None:
+                    print(f"note: {cfg.db_path} is behind its head file (put back from a "
+                          f"copy): started node epoch {renewed[1]} (was {renewed[0]}) before "
+                          "any write", file=sys.stderr)
                 yield Node(cfg, desk=StagingDesk(store, schema,
                                                  load_import_options(str(schema_path))),
                            user=user)
+                head.record(store)  # what this command wrote is the head now
             finally:
                 store.close()
     except daemon.NodeLocked as e:

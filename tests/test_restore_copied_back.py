@@ -24,12 +24,6 @@ pytestmark = pytest.mark.slow
 WAIT = 30.0
 
 
-
-
-
-
-
-
 def put_back(db: Path, copy: Path, aside: Path, *, with_head: bool) -> None:
     """What an operator does by hand: the live files aside, an old copy in their place."""
     aside.mkdir()

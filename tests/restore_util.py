@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -37,3 +38,16 @@ def players(c: LocalCluster, office: str) -> set[str]:
     """The player ids an office holds."""
     rows = c.client(office).get("/v1/tables/players/rows?limit=1000")["rows"]
     return {r["player_id"] for r in rows}
+
+
+@contextlib.contextmanager
+def running_cluster(tmp_path):
+    """A hub and the nodes north and south as processes (realtime, 1 s sync), always
+    stopped at the end."""
+    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
+                     realtime=True).create()
+    try:
+        c.start_all()
+        yield c
+    finally:
+        c.stop_all()

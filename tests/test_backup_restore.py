@@ -11,6 +11,7 @@ from pathlib import Path
 
 import apsw
 import pytest
+from restore_util import running_cluster
 
 from riversync import cluster as cluster_mod
 from riversync.config import load_roster
@@ -99,13 +100,8 @@ def test_a_damaged_backup_is_refused_and_nothing_is_touched(tmp_path):
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
-                     realtime=True).create()
-    try:
-        c.start_all()
+    with running_cluster(tmp_path) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def add(c: LocalCluster, office: str, prefix: str, n: int) -> list[dict]:

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from restore_util import SCHEMA, add, players, run
+from restore_util import add, players, run, running_cluster
 
 from riversync.engine.schema import load_schema
 from riversync.engine.store import Store
@@ -48,13 +48,8 @@ def converged_clean(c: LocalCluster, want: set[str]) -> bool:
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
-                     realtime=True).create()
-    try:
-        c.start_all()
+    with running_cluster(tmp_path) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def test_copy_put_back_with_the_hub_away_is_noticed_before_any_write(cluster, tmp_path):

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from restore_util import SCHEMA, players, run
+from restore_util import players, run, running_cluster
 
 from riversync.node.client import NodeRefused, NodeUnreachable
 from riversync.node.localcluster import LocalCluster
@@ -52,13 +52,8 @@ class Writer(threading.Thread):
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
-                     realtime=True).create()
-    try:
-        c.start_all()
+    with running_cluster(tmp_path) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def test_restore_during_a_write_loop_keeps_every_accepted_write(cluster):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from riversync import __version__
@@ -68,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CRITICAL
     try:
-        return int(handler(args) or 0)
+        code = int(handler(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that went away is handled below
+        return code
     except CommandError as e:
         print(f"riversync: {e}", file=sys.stderr)
         if e.hint:
@@ -77,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("riversync: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`riversync status | head`): not an error of this command.
+        # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

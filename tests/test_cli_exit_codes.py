@@ -114,3 +114,14 @@ def test_refusals_of_an_uploaded_workbook_name_the_users_file(cluster, tmp_path)
     assert p.returncode == 2, p.stderr
     one_line_error(p)
     assert "roster-march.xlsx" in p.stderr and "upload.xlsx" not in p.stderr
+
+
+def test_a_reader_that_goes_away_is_not_an_error():
+    """`riversync ... | head` closes the pipe early: exit 0, no traceback (needs no cluster)."""
+    exe = Path(sys.executable).parent / "riversync"
+    p = subprocess.Popen([str(exe), "conformance", "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command has written anything (it is still importing)
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

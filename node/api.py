@@ -130,6 +130,14 @@ def values_of(body: dict, key: str = "values", *, required: bool = True) -> dict
     return values
 
 
+def json_type(value) -> str:
+    """A JSON value's kind in the words of a request's author."""
+    if isinstance(value, bool):
+        return "true/false"
+    return {int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
+
+
 def flag(body: dict, key: str) -> bool:
     v = body.get(key, False)
     if not isinstance(v, bool):
@@ -194,7 +202,7 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
         elif e.status == 405:
             err = E.BadRequest(f"{request.method} is not allowed on {request.path}")
         elif e.status == 413:
-            err = E.BadRequest("the request body is too large")
+            err = E.TooLarge("the request body is too large")
         else:
             raise
         return json_response(err.to_json(), status=e.status)
@@ -281,7 +289,10 @@ async def create_row(request: web.Request) -> web.Response:
     table = table_arg(request)
     body = await read_json(request)
     pk = body.get("pk")
-    if not isinstance(pk, str) or not pk:
+    if pk is not None and not isinstance(pk, str):
+        raise E.BadRequest(f"'pk' must be text (the primary key), not {json_type(pk)}",
+                           field="pk")
+    if not pk:
         raise E.BadRequest("'pk' (the primary key, as text) is required", field="pk")
     values = values_of(body)
     admin = flag(body, "admin")

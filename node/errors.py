@@ -54,6 +54,13 @@ class BadRequest(ApiError):
     hint = "see docs/reference/node-api.md for the fields this endpoint takes"
 
 
+class TooLarge(ApiError):
+    code = "TOO_LARGE"
+    status = 413
+    hint = ("send fewer rows per request (the node takes bodies up to 32 MiB), or stage a large "
+            "file with `riversync import xlsx`")
+
+
 class UnknownTable(ApiError):
     code = "UNKNOWN_TABLE"
     status = 404
@@ -125,6 +132,7 @@ ALL_API_ERRORS: tuple[type[ApiError], ...] = (
     Forbidden,
     BadJson,
     BadRequest,
+    TooLarge,
     UnknownTable,
     UnknownColumn,
     BadValue,

@@ -182,3 +182,24 @@ def test_escaped_text_is_always_writable_and_reverses(text):
     esc = escape_text(text)
     assert not ILLEGAL_CHARACTERS_RE.search(esc)
     assert unescape_text(esc) == text
+
+
+def test_a_key_that_is_not_text_is_named_as_such(cluster):
+    before = snapshot(cluster)
+    status, body = raw(cluster, "POST", "/v1/tables/players/rows",
+                       json.dumps({"pk": 5, "values": {"full_name": "A"}}).encode())
+    assert (status, body["error"]["code"]) == (400, "BAD_REQUEST")
+    assert body["error"]["message"] == "'pk' must be text (the primary key), not a number"
+    assert snapshot(cluster) == before
+
+
+def test_a_body_over_the_limit_is_too_large(cluster):
+    from riversync.node.daemon import MAX_REQUEST_BYTES
+
+    before = snapshot(cluster)
+    filler = "x" * (MAX_REQUEST_BYTES + 1024)
+    status, body = raw(cluster, "POST", "/v1/tables/players/rows",
+                       json.dumps({"pk": "P-big", "values": {"full_name": filler}}).encode())
+    assert (status, body["error"]["code"]) == (413, "TOO_LARGE")
+    assert "32 MiB" in body["error"]["hint"]
+    assert snapshot(cluster) == before

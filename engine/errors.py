@@ -27,6 +27,13 @@ class SchemaError(EngineError):
     hint = "fix the schema file; see docs/reference/schema.md"
 
 
+class SchemaChanged(SchemaError):
+    code = "SCHEMA_CHANGED"
+    hint = ("a schema version names one content on every node: put the schema file back as "
+            "it was, or raise its `version` and roll the new file out to every office "
+            "(docs/reference/schema.md)")
+
+
 class UnknownTable(EngineError):
     code = "UNKNOWN_TABLE"
     hint = "use a table the schema declares"

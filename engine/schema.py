@@ -10,6 +10,8 @@ value a node refuses locally is exactly one a peer parks.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -201,6 +203,17 @@ class Schema:
     def children_of(self, table: str) -> list[Table]:
         """Tables whose rows follow the owner of a row of ``table``."""
         return [t for t in self.tables.values() if t.parent_table == table]
+
+    def digest(self) -> str:
+        """SHA-256 of everything the merge depends on (tables, keys, columns, types, rules),
+        not of the file's text: two nodes with equal digests judge every event alike."""
+        doc = {"version": self.version, "tables": {
+            name: {"pk": t.primary_key, "ownership": t.ownership, "max_pk": t.max_pk_chars,
+                   "columns": [[c.name, c.type, c.required, c.references, c.default]
+                               for c in t.columns.values()]}
+            for name, t in sorted(self.tables.items())}}
+        text = json.dumps(doc, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _parse_column(table: str, name: str, spec: object) -> Column:

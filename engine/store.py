@@ -64,6 +64,7 @@ from .errors import (
     NotOwner,
     RowExists,
     RowNotFound,
+    SchemaChanged,
     UnknownColumn,
     UnknownTable,
     WrongNode,
@@ -227,6 +228,7 @@ class Store:
         Raises:
             WrongNode: the node is not in the roster, or the file belongs to another node.
             EpochRequired: first open without an epoch.
+            SchemaChanged: the schema's content changed but its version did not.
         """
         if roster.office_of_node(node_id) is None:
             raise WrongNode(f"node {node_id!r} is not in the cluster roster")
@@ -244,11 +246,19 @@ class Store:
                     _meta_set(conn, "node_id", node_id)
                     _meta_set(conn, "epoch", int(epoch))
                     stored_epoch = int(epoch)
-                _ensure_tables(conn, schema)
                 old_version = _meta(conn, "schema_version")
+                old_digest = _meta(conn, "schema_digest")
+                digest = schema.digest()
+                if old_version == schema.version and old_digest not in (None, digest):
+                    raise SchemaChanged(
+                        f"the schema file's content differs from the schema version "
+                        f"{schema.version} this database was opened with before; nodes "
+                        "judging events by different rules under one version would diverge")
+                _ensure_tables(conn, schema)
                 _meta_set(conn, "schema_version", schema.version)
+                _meta_set(conn, "schema_digest", digest)
             store = cls(conn, str(path), schema, roster, node_id, int(stored_epoch), max_drift_ms)
-            if old_version is not None and (old_version != schema.version):
+            if old_version is not None and (old_version, old_digest) != (schema.version, digest):
                 store._retry_static_parked()
             return store
         except BaseException:

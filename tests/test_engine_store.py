@@ -7,7 +7,7 @@ import pytest
 from engine_util import LEAGUES, NOW, Origin, at, open_store, roster
 
 from riversync.engine import db
-from riversync.engine.errors import ConflictNotFound, EpochRequired, WrongNode
+from riversync.engine.errors import ConflictNotFound, EpochRequired, SchemaChanged, WrongNode
 from riversync.engine.schema import load_schema, parse_schema
 from riversync.engine.store import LocalChange, Store
 from riversync.protocol import hlc
@@ -194,6 +194,30 @@ def test_schema_upgrade_unparks_events_for_a_new_table(tmp_path):
     s = Store.open(tmp_path / "n.db", v2, roster(), "east")
     assert s.parked() == [] and s.get_row("b", "k") == {"id": "k", "y": 1}
     s.close()
+
+
+def test_a_schema_changed_under_the_same_version_is_refused_and_changes_nothing(tmp_path):
+    """One schema version names one content: a node whose file changed without a new
+    version would judge events by other rules than its peers (one parks what the other
+    applies) and the offices would diverge without a word."""
+    doc = {"version": 1, "tables": {"a": {"primary_key": "id", "columns": {"id": "text",
+                                                                          "x": "text"}}}}
+    s = Store.open(tmp_path / "n.db", parse_schema(doc), roster(), "east", epoch=1)
+    s.apply_remote([Origin("north").create(at("10:00"), "a", "k", {"x": "7"}, "nora")],
+                   now_ms=NOW)
+    before = s.digests()
+    s.close()
+    doc["tables"]["a"]["columns"]["x"] = "integer"
+    with pytest.raises(SchemaChanged) as e:
+        Store.open(tmp_path / "n.db", parse_schema(doc), roster(), "east")
+    assert e.value.code == "SCHEMA_CHANGED" and "version 1" in str(e.value)
+    doc["tables"]["a"]["columns"]["x"] = "text"  # the file put back: opens as before
+    with Store.open(tmp_path / "n.db", parse_schema(doc), roster(), "east") as s:
+        assert s.digests() == before
+    doc["version"] = 2  # or a new version: the way to change a schema
+    doc["tables"]["a"]["columns"]["x"] = {"type": "text", "required": True}
+    with Store.open(tmp_path / "n.db", parse_schema(doc), roster(), "east") as s:
+        assert s.get_row("a", "k") == {"id": "k", "x": "7"}
 
 
 def test_backup_is_one_verified_self_contained_file(tmp_path):

@@ -552,12 +552,13 @@ class Store:
         re-issuing each as a new event of the current epoch (same table, key, values, user,
         a new HLC), pushed like any local write.
 
-        The journal is the audit trail and stays untouched: the local copies keep their
-        rows, bytes and ids (the audit chain still verifies) and are listed in
-        ``_rs_superseded``, which every lookup by event id skips, so the hub's events take
-        the ids when they are pulled (the origin's contiguous mark is lowered for that).
-        They are also marked "resequenced" (out of every fold and digest).  One durable
-        transaction; returns the re-issued events.
+        The journal is the audit trail and is not touched (no trigger is dropped, no row
+        changed): the local copies stay, bytes unchanged, so the audit chain still
+        verifies.  Their ids are released from ``_rs_ids``, through which every lookup by
+        event id goes, and they are listed in ``_rs_superseded`` with the cause and marked
+        "resequenced" (out of every fold and digest); the origin's contiguous mark is
+        lowered, so the hub's events are taken under those ids when they are pulled.  One
+        durable transaction; returns the re-issued events.
         """
         seqs = sorted(set(seqs))
         if not seqs or epoch == self.epoch:

@@ -39,6 +39,15 @@ def journal(conn) -> list[tuple]:
     return list(conn.execute("SELECT * FROM _rs_journal ORDER BY jid"))
 
 
+def ids_cover_the_journal(conn) -> bool:
+    """Every journal row holds its id in ``_rs_ids`` unless it is superseded, and no
+    superseded row does."""
+    return not list(conn.execute(
+        "SELECT j.jid FROM _rs_journal j LEFT JOIN _rs_ids i ON i.jid=j.jid"
+        " LEFT JOIN _rs_superseded x ON x.jid=j.jid"
+        " WHERE (i.jid IS NULL) = (x.jid IS NULL)"))
+
+
 def hub_events() -> list:
     """The hub's own events of north/5 from seq 2: what another copy of north pushed."""
     hub = Origin("north", epoch=5)
@@ -109,7 +118,7 @@ def test_superseded_rows_hold_no_id_in_any_lookup(tmp_path):
     assert s.digests()["events"] == {"north/5": 4, "north/6": 2}
     assert [(e.epoch, e.seq) for e in s.outbox()] == [(6, 1), (6, 2)]
     assert pks(s) == {"P-0", "HG0", "HG1", "HF0", "HF1", "HF2"}
-    assert s.verify_audit()
+    assert s.verify_audit() and ids_cover_the_journal(s.conn)
     s.close()
 
 
@@ -144,7 +153,7 @@ def test_migration_converts_a_database_whose_yield_negated_seq(tmp_path):
     assert (res.applied, res.duplicates) == (2, 1)
     assert s.digests()["events"] == {"north/5": 4, "north/6": 2}
     assert pks(s) == {"P-0", "HG0", "HG1", "HF0", "HF1", "HF2"}
-    assert s.verify_audit()
+    assert s.verify_audit() and ids_cover_the_journal(s.conn)
     migrated = s.digests()
     s.close()
     # Same state as a database that lived through the same history with this release.

@@ -42,8 +42,8 @@ def digests(store) -> dict:
         " JOIN _rs_journal j USING (jid) WHERE s.status IN ('parked', 'rejected')"
         " ORDER BY j.node, j.epoch, j.seq"))
     audit = _hash_rows(conn.execute(
-        "SELECT node, epoch, seq FROM _rs_journal j WHERE NOT EXISTS"
-        " (SELECT 1 FROM _rs_status s WHERE s.jid=j.jid) ORDER BY node, epoch, seq"))
+        "SELECT node, epoch, seq FROM _rs_ids i WHERE NOT EXISTS"
+        " (SELECT 1 FROM _rs_status s WHERE s.jid=i.jid) ORDER BY node, epoch, seq"))
     events = {f"{n}/{e}": c for n, e, c in conn.execute(
         "SELECT node, epoch, contiguous FROM _rs_origins WHERE contiguous > 0"
         " ORDER BY node, epoch")}

@@ -489,11 +489,11 @@ class Store:
         """Own events the hub has not acknowledged, in sequence order, current epoch first;
         only those of ``epoch`` when it is given (a batch holds one origin's events)."""
         rows = self.conn.execute(
-            "SELECT j.body FROM _rs_journal j JOIN _rs_origins o"
-            " ON o.node=j.node AND o.epoch=j.epoch"
-            " WHERE j.node=?1 AND j.seq > o.acked AND (?2 IS NULL OR j.epoch=?2) AND NOT EXISTS"
-            " (SELECT 1 FROM _rs_status s WHERE s.jid=j.jid AND s.status=?3)"
-            " ORDER BY j.epoch != ?4, j.epoch, j.seq LIMIT ?5",
+            "SELECT j.body FROM _rs_ids i JOIN _rs_origins o"
+            " ON o.node=i.node AND o.epoch=i.epoch JOIN _rs_journal j ON j.jid=i.jid"
+            " WHERE i.node=?1 AND i.seq > o.acked AND (?2 IS NULL OR i.epoch=?2) AND NOT EXISTS"
+            " (SELECT 1 FROM _rs_status s WHERE s.jid=i.jid AND s.status=?3)"
+            " ORDER BY i.epoch != ?4, i.epoch, i.seq LIMIT ?5",
             (self.node_id, epoch, RESEQUENCED, self.epoch, limit))
         return [_ev_dec.decode(r[0]) for r in rows]
 
@@ -526,9 +526,9 @@ class Store:
 
     def outbox_size(self) -> int:
         return _one(self.conn,
-                    "SELECT count(*) FROM _rs_journal j JOIN _rs_origins o"
-                    " ON o.node=j.node AND o.epoch=j.epoch WHERE j.node=? AND j.seq > o.acked"
-                    " AND NOT EXISTS (SELECT 1 FROM _rs_status s WHERE s.jid=j.jid AND s.status=?)",
+                    "SELECT count(*) FROM _rs_ids i JOIN _rs_origins o"
+                    " ON o.node=i.node AND o.epoch=i.epoch WHERE i.node=? AND i.seq > o.acked"
+                    " AND NOT EXISTS (SELECT 1 FROM _rs_status s WHERE s.jid=i.jid AND s.status=?)",
                     (self.node_id, RESEQUENCED))
 
     def mark_acked(self, epoch: int, last_seq: int) -> None:
@@ -557,8 +557,8 @@ class Store:
     def own_events(self, epoch: int, seqs: Iterable[int]) -> dict[int, AnyEvent]:
         """This node's own journal events of ``epoch`` with these numbers (seq -> event)."""
         return {s: _ev_dec.decode(b) for s, b in self.conn.execute(
-            "SELECT seq, body FROM _rs_journal WHERE node=? AND epoch=? AND seq IN"
-            " (SELECT value FROM json_each(?))",
+            "SELECT i.seq, j.body FROM _rs_ids i JOIN _rs_journal j USING (jid)"
+            " WHERE i.node=? AND i.epoch=? AND i.seq IN (SELECT value FROM json_each(?))",
             (self.node_id, epoch, json.dumps(sorted(set(seqs)))))}
 
     def yield_own(self, epoch: int, seqs: Iterable[int], *, now_ms: int) -> list[AnyEvent]:
@@ -568,21 +568,22 @@ class Store:
         re-issuing each as a new event of the current epoch (same table, key, values, user,
         a new HLC), pushed like any local write.
 
-        The journal is append-only and its hash chain covers event bytes and sources only,
-        so the local copies stay (bytes unchanged, audit chain intact) but are moved off the
-        id (``seq`` negated), marked "resequenced" (out of every fold and digest), and the
-        origin's contiguous mark is lowered so the hub's events under those ids are applied
-        when they are pulled.  One durable transaction; returns the re-issued events.
+        The journal is the audit trail and is not touched (no trigger is dropped, no row
+        changed): the local copies stay, bytes unchanged, so the audit chain still
+        verifies.  Their ids are released from ``_rs_ids``, through which every lookup by
+        event id goes, and they are listed in ``_rs_superseded`` with the cause and marked
+        "resequenced" (out of every fold and digest); the origin's contiguous mark is
+        lowered, so the hub's events are taken under those ids when they are pulled.  One
+        durable transaction; returns the re-issued events.
         """
-        from .tables import APPEND_ONLY
-
         seqs = sorted(set(seqs))
         if not seqs or epoch == self.epoch:
             return []
         with db.transaction(self.conn, durable=True):
             rows = list(self.conn.execute(
-                "SELECT jid, body FROM _rs_journal WHERE node=? AND epoch=? AND seq IN"
-                " (SELECT value FROM json_each(?)) ORDER BY seq",
+                "SELECT i.jid, j.body FROM _rs_ids i JOIN _rs_journal j USING (jid)"
+                " WHERE i.node=? AND i.epoch=? AND i.seq IN (SELECT value FROM json_each(?))"
+                " ORDER BY i.seq",
                 (self.node_id, epoch, json.dumps(seqs))))
             if not rows:
                 return []
@@ -592,6 +593,7 @@ class Store:
             ctx = _Apply(self, f"{LOCAL}:re-issued from epoch {epoch}")
             ctx._load({(ev.table, ev.pk) for _, ev in olds})
             new_events = []
+            marks = []
             for jid, ev in olds:
                 r = ctx.rows.get((ev.table, ev.pk))
                 if r is not None and jid in r.jids:
@@ -599,22 +601,19 @@ class Store:
                     r.dirty = True
                 last = _hlc.send(last, now_ms)
                 seq += 1
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO _rs_status(jid, tbl, pk, status, cause)"
-                    " VALUES (?,?,?,?,?)",
-                    (jid, ev.table, ev.pk, RESEQUENCED,
-                     f"the hub holds another event as {self.node_id}/{epoch}/{ev.seq}; "
-                     f"re-issued as epoch {self.epoch} seq {seq}"))
+                cause = (f"the hub holds another event as {self.node_id}/{epoch}/{ev.seq}; "
+                         f"re-issued as epoch {self.epoch} seq {seq}")
+                marks.append((jid, ev.table, ev.pk, RESEQUENCED, cause))
                 new_events.append(msgspec.structs.replace(
                     ev, epoch=self.epoch, seq=seq, hlc=last))
                 ctx.slow.add((ev.table, ev.pk))
-            jids = json.dumps([jid for jid, _ in olds])
-            self.conn.execute("DROP TRIGGER _rs_journal_no_update")
-            self.conn.execute("UPDATE _rs_journal SET seq=-seq WHERE jid IN"
-                              " (SELECT value FROM json_each(?))", (jids,))
-            self.conn.execute(
-                "CREATE TRIGGER _rs_journal_no_update BEFORE UPDATE ON _rs_journal"
-                f" BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END")
+            self.conn.executemany("DELETE FROM _rs_ids WHERE node=? AND epoch=? AND seq=?",
+                                  [(self.node_id, epoch, ev.seq) for _, ev in olds])
+            self.conn.executemany("INSERT INTO _rs_superseded(jid, cause) VALUES (?,?)",
+                                  [(m[0], m[4]) for m in marks])
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO _rs_status(jid, tbl, pk, status, cause)"
+                " VALUES (?,?,?,?,?)", marks)
             self.conn.execute(
                 "UPDATE _rs_origins SET contiguous=min(contiguous, ?) WHERE node=? AND epoch=?",
                 (seqs[0] - 1, self.node_id, epoch))
@@ -648,50 +647,6 @@ class Store:
             ctx.ingest(events)
             ctx.finish()
             return ctx.result.received - ctx.result.duplicates
-
-    def start_new_epoch(self, new_epoch: int, hub_last_seq: int) -> list[AnyEvent]:
-        """After a restore: own events the hub never acknowledged move to a new epoch.
-
-        They keep their HLC, user and content and get sequence numbers 1.. of
-        ``new_epoch``; the old copies stay in the journal marked "resequenced" and no longer
-        count.  Returns the new events (now in the outbox).
-        """
-        old = self.epoch
-        with db.transaction(self.conn, durable=True):
-            rows = list(self.conn.execute(
-                "SELECT jid, body FROM _rs_journal j WHERE node=? AND epoch=? AND seq>? AND NOT"
-                " EXISTS (SELECT 1 FROM _rs_status s WHERE s.jid=j.jid AND s.status=?)"
-                " ORDER BY seq", (self.node_id, old, hub_last_seq, RESEQUENCED)))
-            new_events = []
-            ctx = _Apply(self, f"{LOCAL}:resequenced from epoch {old}")
-            ctx._load({(_ev_dec.decode(b).table, _ev_dec.decode(b).pk) for _, b in rows})
-            for i, (jid, body) in enumerate(rows, start=1):
-                ev = _ev_dec.decode(body)
-                r = ctx.rows.get((ev.table, ev.pk))
-                if r is not None and jid in r.jids:
-                    r.jids.remove(jid)
-                    r.dirty = True
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO _rs_status(jid, tbl, pk, status, cause)"
-                    " VALUES (?,?,?,?,?)",
-                    (jid, ev.table, ev.pk, RESEQUENCED, f"moved to epoch {new_epoch} seq {i}"))
-                new_events.append(msgspec.structs.replace(ev, epoch=new_epoch, seq=i))
-                ctx.slow.add((ev.table, ev.pk))
-            self.conn.execute(
-                "INSERT INTO _rs_origins(node, epoch, contiguous, acked) VALUES (?,?,?,?)"
-                " ON CONFLICT DO UPDATE SET acked=max(acked, excluded.acked),"
-                " contiguous=min(contiguous, excluded.contiguous)",
-                (self.node_id, old, hub_last_seq, hub_last_seq))
-            _meta_set(self.conn, "epoch", new_epoch)
-            _meta_set(self.conn, f"seq:{new_epoch}", len(new_events))
-            self.epoch = new_epoch
-            try:
-                ctx.ingest(new_events)
-                ctx.finish()
-            except BaseException:
-                self.epoch = old
-                raise
-        return new_events
 
     # ------------------------------------------------------------------ reading
 
@@ -809,7 +764,8 @@ class Store:
         eid = merge.parse_conflict_id(cid)
         if eid is None:
             return None
-        rows = self._status_rows("s.status='conflict' AND j.node=? AND j.epoch=? AND j.seq=?", eid)
+        rows = self._status_rows("s.status='conflict' AND j.jid=(SELECT jid FROM _rs_ids"
+                                 " WHERE node=? AND epoch=? AND seq=?)", eid)
         return rows[0] if rows else None
 
     def parked(self) -> list[dict]:
@@ -1169,6 +1125,8 @@ class _Apply:
         journal[-1] = (*journal[-1][:-1], _link(prev, seg.digest()))
         self.jid_range = (self.jid_range[0] or first_jid, jid)
         conn.executemany("INSERT INTO _rs_journal VALUES (?,?,?,?,?,?,?,?,?,?,?)", journal)
+        conn.execute("INSERT INTO _rs_ids SELECT node, epoch, seq, jid FROM _rs_journal"
+                     " WHERE jid >= ?", (first_jid,))
         if statuses:
             conn.executemany(
                 "INSERT OR REPLACE INTO _rs_status(jid, tbl, pk, status, cause, wtbl, wpk)"
@@ -1187,7 +1145,7 @@ class _Apply:
             held = set()
             if above:
                 held = {r[0] for r in conn.execute(
-                    "SELECT seq FROM _rs_journal WHERE node=? AND epoch=? AND seq BETWEEN ? AND ?",
+                    "SELECT seq FROM _rs_ids WHERE node=? AND epoch=? AND seq BETWEEN ? AND ?",
                     (node, epoch, min(above), max(above)))}
             for e in evs:
                 if e.seq <= contig or e.seq in held:
@@ -1455,7 +1413,7 @@ class _Apply:
                 conn.execute("INSERT INTO _rs_origins(node, epoch) VALUES (?,?)", (node, epoch))
             start = contig
             for (seq,) in conn.execute(
-                    "SELECT seq FROM _rs_journal WHERE node=? AND epoch=? AND seq>? ORDER BY seq",
+                    "SELECT seq FROM _rs_ids WHERE node=? AND epoch=? AND seq>? ORDER BY seq",
                     (node, epoch, contig)):
                 if seq != contig + 1:
                     break

@@ -97,39 +97,6 @@ def test_meta_key_value(tmp_path):
     s.close()
 
 
-def test_start_new_epoch_resequences_unacknowledged_events(tmp_path):
-    s = open_store(tmp_path / "n.db", SCHEMA, node="north", epoch=5)
-    _setup(s)
-    s.commit_local([LocalChange("update", "teams", "T1", {"coach": "x"})], user="nora",
-                   now_ms=NOW + 1)
-    before = s.digests()["tables"]
-    moved = s.start_new_epoch(6, hub_last_seq=2)
-    assert [(e.epoch, e.seq, e.table) for e in moved] == [(6, 1, "teams"), (6, 2, "teams")]
-    assert s.epoch == 6
-    assert [(e.epoch, e.seq) for e in s.outbox()] == [(6, 1), (6, 2)]
-    assert s.digests()["tables"] == before
-    assert s.digests()["events"] == {"north/5": 2, "north/6": 2}
-    assert s.audit_count() == 4
-    (nxt,) = s.commit_local([LocalChange("update", "teams", "T1", {"coach": "y"})],
-                            user="nora", now_ms=NOW + 2)
-    assert (nxt.epoch, nxt.seq) == (6, 3)
-    # A peer that only ever sees what the hub relays reaches the same state.
-    peer = open_store(tmp_path / "p.db", SCHEMA, node="east")
-    old = [e for e in _all_events(s) if e.epoch == 5 and e.seq <= 2]
-    peer.apply_remote(old + s.outbox(), now_ms=NOW + 5)
-    assert peer.digests()["tables"] == s.digests()["tables"]
-    assert peer.digests()["audit"] == s.digests()["audit"]
-    s.close()
-    peer.close()
-
-
-def _all_events(store):
-    from riversync.engine.store import _ev_dec
-
-    return [_ev_dec.decode(b) for (b,) in store.conn.execute(
-        "SELECT body FROM _rs_journal ORDER BY jid")]
-
-
 def test_late_transfer_of_a_parent_recomputes_its_children(tmp_path):
     """Proves [M-OWN-5] in a store: the late transfer recomputes the rows from the journal."""
     north = open_store(tmp_path / "n.db", SCHEMA, node="north")

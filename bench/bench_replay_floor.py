@@ -8,8 +8,8 @@ next is what that part costs, measured in the same run:
 1. ``open``: verify and decode the signed batches, nothing else;
 2. ``rows``: (1) plus writing each event's row (INSERT for a create, UPDATE of its columns
    for an update), one transaction: the least any replay of signed batches must do;
-3. ``+journal``: (2) plus the journal row every held event needs (same table as the
-   engine's ``_rs_journal``);
+3. ``+journal``: (2) plus the journal row every held event needs and its id entry (the
+   engine's ``_rs_journal`` and ``_rs_ids``);
 4. ``+summary``: (3) plus reading and writing the per-row merge summary ``_rs_rows`` the
    engine's fast path judges from: the engine's SQL with no merge logic in Python;
 5. ``+commits``: (4) committing every ten batches, as the engine does during catch-up;
@@ -104,6 +104,8 @@ def _floor(path: Path, n: int, step: str) -> float:
             written[ev.pk] = summary
         if journal:
             conn.executemany("INSERT INTO _rs_journal VALUES (?,?,?,?,?,?,?,?,?,?,?)", journal)
+            conn.execute("INSERT INTO _rs_ids SELECT node, epoch, seq, jid FROM _rs_journal"
+                         " WHERE jid >= ?", (journal[0][0],))
         conn.executemany(insert, inserts)
         for shape, params in updates.items():
             sets = ", ".join(f"{c}=?" for c in shape)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 
 from aiohttp import web
@@ -36,15 +37,23 @@ def serve(cfg: HubConfig, *, host: str | None = None, port: int | None = None) -
 
 
 async def _serve(cfg: HubConfig, host: str, port: int) -> int:
-    store = SqliteHubStore.open(cfg.db_path, new_epoch=random_epoch(), now_ms=now_ms())
+    # The port first: a hub that cannot listen (port taken) must leave no store behind
+    # and start no hub epoch.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family)
+    try:
+        store = SqliteHubStore.open(cfg.db_path, new_epoch=random_epoch(), now_ms=now_ms())
+    except BaseException:
+        sock.close()
+        raise
     app = build_app(cfg, store)
     hub = app["hub"]
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.SockSite(runner, sock)
         await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        bound = sock.getsockname()[1]
         cur = store.current_epoch()
         print(f"riversync hub listening on http://{host}:{bound} "
               f"(cluster {cfg.roster.cluster_id}, hub epoch {cur.epoch}, "

@@ -8,10 +8,16 @@ against the table's column rules (types, required, patterns, uniqueness inside t
 and against live data (who owns the key, which unique values are taken) and is stored
 ``valid`` or ``invalid`` with reasons a clerk understands (column and row named).
 
+A row whose key is live is an **update**: it carries only the columns it fills, so a
+column the file leaves out or blank keeps its live value and "required" does not apply;
+a row whose key is not live is a **create** and must give every required column.
+
 ``apply`` re-checks every included valid row against live data *at that moment* (another
-office's change may have arrived since the import), and then either turns all of them
-into ordinary events with ONE ``Store.commit_local`` call, tagged
-``source="staging:<batch id>"`` so the audit traces each change back to its batch, or
+office's change may have arrived since the import; a row staged as an update whose key
+has been deleted since fails, it never becomes a create), and then either turns all of
+them into ordinary events with ONE ``Store.commit_local`` call, tagged
+``source="staging:<batch id>"`` (the engine records local sources as
+``local:staging:<batch id>``) so the audit traces each change back to its batch, or
 changes nothing and marks the batch ``failed`` with the reason on the row.  The batch
 is marked ``applied`` in the same SQLite transaction as the events (the staging tables
 live in the node's own database file), so a crash leaves none or all and a re-run
@@ -25,6 +31,7 @@ be corrected (``edit_row``, ``exclude``) and applied again.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import re
@@ -358,6 +365,9 @@ class StagedRow:
     notes: list[str] = field(default_factory=list)
     key: str | None = None
     op: str | None = None  # "create" | "update", decided against live data
+    # Required columns the row leaves out or blank: an error for a new row, nothing for
+    # an update (a missing or blank cell leaves the live value alone).
+    missing: list[str] = field(default_factory=list)
 
     def error(self, column: str | None, message: str) -> None:
         self.errors.append({"column": column or "", "message": message})
@@ -369,13 +379,18 @@ class StagedRow:
 
 def check_row(rules: TableRules, raw: dict[str, Any], row: StagedRow, *,
               epoch: dt.datetime | None = None) -> None:
-    """Coerce ``raw`` (column -> incoming value) into ``row.values``, recording issues."""
+    """Coerce ``raw`` (column -> incoming value) into ``row.values``, recording issues.
+
+    A required column left out or blank is reported as if the row were new; once
+    ``check_live`` finds the key live (an update), it withdraws those reports, since an
+    update touches only the columns it gives.
+    """
     values = row.values
     for col in rules.columns:
         name = col.name
         if name not in raw:
             if col.required and not _has_error(row, name):
-                row.error(name, f"{name} required")
+                _required(row, name)
             continue
         v = raw[name]
         vt = type(v)
@@ -383,7 +398,7 @@ def check_row(rules: TableRules, raw: dict[str, Any], row: StagedRow, *,
             v = v.strip()
             values[name] = v or None
             if not v and col.required:
-                row.error(name, f"{name} required")
+                _required(row, name)
             continue
         if vt is int and col.type == "integer":
             values[name] = v
@@ -399,7 +414,7 @@ def check_row(rules: TableRules, raw: dict[str, Any], row: StagedRow, *,
         if note:
             row.notes.append(f"{name}: {note}")
         if value is None and col.required:
-            row.error(name, f"{name} required")
+            _required(row, name)
     key = row.values.get(rules.key)
     row.key = None if key is None else str(key)
     if rules.engine_table is not None:
@@ -426,6 +441,27 @@ def engine_checks(rules: TableRules, row: StagedRow) -> None:
 
 def _has_error(row: StagedRow, column: str) -> bool:
     return any(e["column"] == column for e in row.errors)
+
+
+def _required_message(name: str) -> str:
+    return f"{name} required"
+
+
+def _required(row: StagedRow, name: str) -> None:
+    row.missing.append(name)
+    row.error(name, _required_message(name))
+
+
+def _as_update(rules: TableRules, row: StagedRow) -> None:
+    """The key is live: withdraw the "required" reports (absent means unchanged), and
+    refuse a row that would change nothing, which the engine refuses too."""
+    if row.missing:
+        gone = {(n, _required_message(n)) for n in row.missing}
+        row.errors = [e for e in row.errors if (e["column"], e["message"]) not in gone]
+    given = [k for k, v in row.values.items() if k != rules.key and v is not None]
+    if not given and not row.errors:
+        row.error(rules.key, f"{row.key} exists and this row changes nothing: every other "
+                             "cell is blank (a blank cell leaves the live value alone)")
 
 
 class FileChecks:
@@ -478,10 +514,12 @@ def check_live(rules: TableRules, row: StagedRow, live: LiveView) -> None:
                     row.error(rules.parent_column,
                               f"{parent} is owned by office {p_owner}; only {p_owner} can add "
                               f"rows under it")
-    elif owner != live.office:
-        row.error(rules.key, f"{row.key} is owned by office {owner}; only {owner} can change it")
     else:
         row.op = "update"
+        if owner != live.office:
+            row.error(rules.key,
+                      f"{row.key} is owned by office {owner}; only {owner} can change it")
+        _as_update(rules, row)
     for col in rules.columns:
         v = row.values.get(col.name)
         if v is None:
@@ -653,7 +691,63 @@ CREATE TABLE IF NOT EXISTS staging_parts (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS = [("staging_0001", lambda conn: conn.execute(SCHEMA_SQL))]
+# staging_0002: one Message-ID may name several different messages (a client that reuses
+# it, a forwarded copy): messages are told apart by Message-ID *and* a hash of what they
+# carry (parts and attachments), so only a true redelivery counts as already staged.
+MESSAGES_0002_SQL = """
+CREATE TABLE staging_messages_v2 (
+    id INTEGER PRIMARY KEY,
+    message_key TEXT NOT NULL,          -- Message-ID, else sha256:<hex of the bytes>
+    content_sha256 TEXT NOT NULL,       -- email_ingest.content_hash of the parts
+    batch_id INTEGER NOT NULL REFERENCES staging_batches(id),
+    file_name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    subject TEXT,
+    sender TEXT,
+    sent_at TEXT,
+    received_at TEXT,
+    flags TEXT NOT NULL DEFAULT '[]',
+    raw BLOB NOT NULL
+);
+"""
+
+
+def content_hash(parts: Iterable[tuple[str, str | None, bytes]]) -> str:
+    """SHA-256 over each part's content type, file name and decoded bytes, in order.
+
+    Headers are left out on purpose: a mail server's redelivery adds ``Received`` lines
+    and may re-encode the transfer, but what staging reads stays the same.
+    """
+    h = hashlib.sha256()
+    for ctype, filename, raw in parts:
+        for piece in (ctype.encode(), (filename or "").encode(), raw):
+            h.update(len(piece).to_bytes(8, "big"))
+            h.update(piece)
+    return h.hexdigest()
+
+
+def _messages_0002(conn) -> None:
+    conn.execute(MESSAGES_0002_SQL)
+    olds = list(conn.execute(
+        "SELECT message_key, batch_id, file_name, sha256, subject, sender, sent_at,"
+        " received_at, flags, raw FROM staging_messages"))
+    for row in olds:
+        parts = [(c, f, bytes(r)) for c, f, r in conn.execute(
+            "SELECT content_type, filename, raw FROM staging_parts WHERE batch_id=?"
+            " ORDER BY part_no", (row[1],))]
+        conn.execute(
+            "INSERT INTO staging_messages_v2(message_key, content_sha256, batch_id, file_name,"
+            " sha256, subject, sender, sent_at, received_at, flags, raw)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)", (row[0], content_hash(parts), *row[1:]))
+    conn.execute("DROP TABLE staging_messages")
+    conn.execute("ALTER TABLE staging_messages_v2 RENAME TO staging_messages")
+    conn.execute("CREATE UNIQUE INDEX staging_messages_key"
+                 " ON staging_messages(message_key, content_sha256)")
+    conn.execute("CREATE INDEX staging_messages_batch ON staging_messages(batch_id)")
+
+
+MIGRATIONS = [("staging_0001", lambda conn: conn.execute(SCHEMA_SQL)),
+              ("staging_0002", _messages_0002)]
 PENDING, APPLIED, REJECTED, FAILED = "pending", "applied", "rejected", "failed"
 FLAG_EXPORT_REIMPORT = "export_reimport"
 _INSERT_CHUNK = 2000
@@ -862,8 +956,8 @@ class Staging:
             if other["row"] != row_no and other["status"] == "valid" and not other["excluded"]:
                 checks.check(StagedRow(other["row"], other["values"], key=other["key"]))
         checks.check(row)
-        if live is not None and row.valid:
-            check_live(rules, row, live)
+        if live is not None and row.key is not None and not _has_error(row, rules.key):
+            check_live(rules, row, live)  # also decides create/update, hence "required"
         with transaction(self.conn):
             self.conn.execute(
                 "UPDATE staging_rows SET key=?, op=?, status=?, vals=?, errors=?, notes=?"
@@ -907,13 +1001,24 @@ class Staging:
                 f"batch {batch_id} ({b.source}) was read from a riversync export; applying it "
                 "would write a snapshot back over newer data")
         loads = json.loads
-        staged = [StagedRow(no, loads(vals), key=key) for no, key, vals in self.conn.execute(
-            "SELECT row_no, key, vals FROM staging_rows WHERE batch_id=? AND status='valid'"
-            " AND excluded=0 ORDER BY row_no", (batch_id,))]
+        staged_op: dict[int, str | None] = {}
+        staged = []
+        for no, key, op, vals in self.conn.execute(
+                "SELECT row_no, key, op, vals FROM staging_rows WHERE batch_id=?"
+                " AND status='valid' AND excluded=0 ORDER BY row_no", (batch_id,)):
+            staged.append(StagedRow(no, loads(vals), key=key))
+            staged_op[no] = op
         if not staged:
             raise NothingToApply(f"batch {batch_id} has no included valid rows")
         for i in range(0, len(staged), LIVE_CHUNK):
             check_live_many(rules, staged[i:i + LIVE_CHUNK], live)
+        for row in staged:
+            if staged_op[row.row_no] == "update" and row.op == "create":
+                # Staged as a change to a live row, it may lack required columns; either
+                # way, re-creating a row someone deleted is not what the file asked for.
+                row.error(rules.key, f"{row.key} no longer exists (deleted since the batch "
+                                     "was staged); a row staged as an update does not create "
+                                     "it: exclude the row, or correct it to stage it as new")
         bad = [row for row in staged if not row.valid]
         if bad:
             with transaction(self.conn):

@@ -4,9 +4,13 @@ Theory of operation
 -------------------
 ``ingest_folder`` takes every ``*.eml`` directly in the drop folder, oldest name first.
 Each file is read as bytes and parsed with the standard ``email`` package
-(``policy.default``).  A message is identified by its Message-ID, or by ``sha256:`` of
-its bytes when it has none; a message already staged is not staged again (a mail
-server's redelivery, or the same file dropped twice).
+(``policy.default``).  A message is identified by its Message-ID (or by ``sha256:`` of
+its bytes when it has none) together with a hash of its content (each part's type, file
+name and decoded bytes): a message already staged is not staged again (a mail server's
+redelivery, or the same file dropped twice), while a *different* message that reuses a
+Message-ID already seen is staged and flagged ``reused_message_id`` so an operator
+looks at both.  Rows beyond ``MAX_ROWS_PER_MESSAGE`` are not staged; the batch is flagged
+``rows_truncated`` and the ingest result says how many were left out.
 
 The message, each part's raw bytes and its decoded text are stored in staging; rows
 found in the body by the message convention (docs/how-to/email.md) become staging rows,
@@ -51,6 +55,7 @@ from .staging import (
     _j,
     check_live,
     check_row,
+    content_hash,
 )
 from .xlsx_import import XlsxRefused, import_xlsx, norm_header
 
@@ -69,6 +74,8 @@ FLAG_DATE_INVALID = "date_invalid"
 FLAG_DATE_MISSING = "date_missing"
 FLAG_NO_TABLE = "no_table"
 FLAG_NO_ROWS = "no_rows"
+FLAG_REUSED_ID = "reused_message_id"
+FLAG_TRUNCATED = "rows_truncated"
 
 
 class MessageRefused(StagingError):
@@ -189,6 +196,7 @@ class ParsedMessage:
     body: str  # the text the convention reads
     attachments: list[tuple[str, bytes]]
     raw: bytes = b""
+    content_sha256: str = ""  # what the message carries, headers aside (see content_hash)
 
 
 _KV = re.compile(r"^\s*([A-Za-z][\w \u00a0\-]{0,62}?)\s*[:=]\s*(.*?)\s*$")
@@ -256,7 +264,8 @@ def parse_message(raw: bytes, *, max_attachment: int = MAX_ATTACHMENT_BYTES) -> 
     return ParsedMessage(
         key=key, sha256=sha, subject=_header(msg, "Subject"), sender=_header(msg, "From"),
         sent_at=_iso(sent), received_at=_iso(received), flags=flags, parts=parts, body=body,
-        attachments=attachments, raw=raw)
+        attachments=attachments, raw=raw,
+        content_sha256=content_hash((p["content_type"], p["filename"], p["raw"]) for p in parts))
 
 
 def _header(msg: EmailMessage, name: str) -> str | None:
@@ -378,12 +387,16 @@ def ingest_file(staging: Staging, path: str, rules_for: RulesFor, live: LiveView
     with open(path, "rb") as f:
         raw = f.read()
     msg = parse_message(raw, max_attachment=max_attachment)
-    prior = _staged_as(staging, msg.key)
-    if prior is not None:
-        return {"file": name, "message": msg.key, "batch": prior, "duplicate": True}
+    same, others = _staged_as(staging, msg.key, msg.content_sha256)
+    if same is not None:
+        return {"file": name, "message": msg.key, "batch": same, "duplicate": True}
     table, kv_rows = read_convention(msg.body)
     flags = list(msg.flags)
     notes: list[str] = []
+    if others:
+        flags.append(FLAG_REUSED_ID)
+        notes.append(f"Message-ID {msg.key} was already used by a different message (batch "
+                     f"{', '.join(map(str, others))}); this one was staged too: check both")
     rules = None
     if table is not None:
         try:
@@ -394,17 +407,22 @@ def ingest_file(staging: Staging, path: str, rules_for: RulesFor, live: LiveView
         flags.append(FLAG_NO_TABLE)
         notes.append("the body has key-value lines but no 'table:' line")
     rows: list[StagedRow] = []
+    left_out = 0
     if rules is not None:
         rows = _check_rows(rules, kv_rows[:MAX_ROWS_PER_MESSAGE], live)
         if len(kv_rows) > MAX_ROWS_PER_MESSAGE:
-            notes.append(f"only the first {MAX_ROWS_PER_MESSAGE} rows were read; send the "
-                         "rest as an .xlsx attachment")
+            left_out = len(kv_rows) - MAX_ROWS_PER_MESSAGE
+            flags.append(FLAG_TRUNCATED)
+            notes.append(f"only the first {MAX_ROWS_PER_MESSAGE} of {len(kv_rows)} rows were "
+                         f"read ({left_out} left out); send the rest as an .xlsx attachment")
     if not rows and not msg.attachments:
         flags.append(FLAG_NO_ROWS)
         notes.append("no staging rows found in the message; see docs/how-to/email.md")
-    batch_id = _store(staging, msg, name, rows, rules, flags, notes, user, now)
+    batch_id = _store(staging, msg, name, rows, rules, flags, notes, user, now, left_out)
     result = {"file": name, "message": msg.key, "batch": batch_id, "rows": len(rows),
-              "flags": flags, "attachments": []}
+              "rows_left_out": left_out, "flags": flags, "attachments": []}
+    if others:
+        result["message_id_batches"] = others  # earlier, different messages with this id
     for fname, data in msg.attachments:
         result["attachments"].append(
             _stage_attachment(staging, batch_id, msg.key, fname, data, table, rules_for,
@@ -412,11 +430,18 @@ def ingest_file(staging: Staging, path: str, rules_for: RulesFor, live: LiveView
     return result
 
 
-def _staged_as(staging: Staging, key: str) -> int | None:
-    for (bid,) in staging.conn.execute(
-            "SELECT batch_id FROM staging_messages WHERE message_key=?", (key,)):
-        return bid
-    return None
+def _staged_as(staging: Staging, key: str, content: str) -> tuple[int | None, list[int]]:
+    """(batch of this very message, or None; batches of other messages under its key)."""
+    same = None
+    others = []
+    for bid, sha in staging.conn.execute(
+            "SELECT batch_id, content_sha256 FROM staging_messages WHERE message_key=?"
+            " ORDER BY batch_id", (key,)):
+        if sha == content:
+            same = bid
+        else:
+            others.append(bid)
+    return same, others
 
 
 def _check_rows(rules: TableRules, kv_rows: list[dict[str, str]], live: LiveView):
@@ -447,17 +472,18 @@ def _check_rows(rules: TableRules, kv_rows: list[dict[str, str]], live: LiveView
 
 def _store(staging: Staging, msg: ParsedMessage, name: str, rows: list[StagedRow],
            rules: TableRules | None, flags: list[str], notes: list[str], user: str,
-           now: int | None) -> int:
+           now: int | None, left_out: int = 0) -> int:
     with transaction(staging.conn):
         batch_id = staging.create_batch(
             kind="email", table=rules.name if rules else None, source=f"email:{msg.key}",
             sha256=msg.sha256, user=user, flags=flags, notes=notes, created_ms=now)
         staging.add_rows(batch_id, rows)
         staging.conn.execute(
-            "INSERT INTO staging_messages(message_key, batch_id, file_name, sha256, subject,"
-            " sender, sent_at, received_at, flags, raw) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (msg.key, batch_id, name, msg.sha256, msg.subject, msg.sender, msg.sent_at,
-             msg.received_at, _j(flags), msg.raw))
+            "INSERT INTO staging_messages(message_key, content_sha256, batch_id, file_name,"
+            " sha256, subject, sender, sent_at, received_at, flags, raw)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (msg.key, msg.content_sha256, batch_id, name, msg.sha256, msg.subject, msg.sender,
+             msg.sent_at, msg.received_at, _j(flags), msg.raw))
         staging.conn.executemany(
             "INSERT INTO staging_parts(batch_id, part_no, content_type, declared_charset,"
             " used_charset, filename, raw, text) VALUES (?,?,?,?,?,?,?,?)",
@@ -467,7 +493,8 @@ def _store(staging: Staging, msg: ParsedMessage, name: str, rows: list[StagedRow
         staging.finish_batch(batch_id, {
             "file": name, "message": msg.key, "subject": msg.subject, "sender": msg.sender,
             "sent_at": msg.sent_at, "received_at": msg.received_at, "rows": len(rows),
-            "valid": valid, "invalid": len(rows) - valid, "parts": len(msg.parts),
+            "valid": valid, "invalid": len(rows) - valid, "rows_left_out": left_out,
+            "parts": len(msg.parts),
             "attachments": [a[0] for a in msg.attachments]})
     return batch_id
 

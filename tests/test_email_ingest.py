@@ -164,11 +164,14 @@ def test_html_only_body_and_encoded_headers(node):
     assert shown["rows"][0]["values"]["player"] == "Zoë Café"
 
 
-def test_same_message_twice_stages_once_by_message_id_else_content_hash(node):
+def test_same_message_twice_stages_once_by_message_id_and_content(node):
     desk, drop = node
     raw = mail(BODY)
     (drop / "a.eml").write_bytes(raw)
-    (drop / "b.eml").write_bytes(raw.replace(b"Hello,", b"Hello again,"))  # same Message-ID
+    # a mail server's redelivery: one more Received line and another transfer encoding
+    redelivered = (b"Received: from mx2.example by mx.office.example; "
+                   b"Fri, 15 Mar 2024 10:05:00 +0100\r\n" + raw)
+    (drop / "b.eml").write_bytes(redelivered)
     no_id = mail(BODY, mid=None)
     (drop / "c.eml").write_bytes(no_id)
     rep = desk.ingest(str(drop))

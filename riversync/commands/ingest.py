@@ -36,6 +36,12 @@ def cmd_ingest_email(args) -> int:
     for s in res["staged"]:
         flags = f" flags {', '.join(s['flags'])}" if s.get("flags") else ""
         lines.append(f"  {s['file']} -> batch {s['batch']} ({s['rows']} rows){flags}")
+        if s.get("rows_left_out"):
+            lines.append(f"    cut at {s['rows']} rows: {s['rows_left_out']} more rows in the "
+                         "body were not staged; send them as an .xlsx attachment")
+        if s.get("message_id_batches"):
+            lines.append(f"    reused Message-ID: a different message with it is batch "
+                         f"{', '.join(map(str, s['message_id_batches']))}; review both")
         for a in s.get("attachments", []):
             lines.append(f"    attachment {a['file']}: " + (
                 f"Excel batch {a['batch']}" if a.get("staged") else f"not staged: {a['reason']}"))

@@ -31,6 +31,7 @@ from riversync.protocol import codec
 from riversync.protocol import version as pversion
 from riversync.protocol.errors import (
     Busy,
+    CursorPruned,
     ProtocolError,
     TooLarge,
 )
@@ -49,7 +50,7 @@ from riversync.protocol.messages import (
 from . import epoch as epochs_mod
 from .metrics import HubMetrics
 from .nonces import NonceBook
-from .store import CursorInfo, HubStore, PushItem, PushResult
+from .store import CursorInfo, HubStore, PruneHorizon, PushItem, PushResult, utc_text
 from .verify import Verifier
 from .writer import Writer
 
@@ -190,13 +191,14 @@ class Hub:
         self._last_pull_ms[node] = now
         cur = self.store.current_epoch()
         start = epochs_mod.start_for(self.store.epochs(), pull.hub_epoch, pull.cursor)
-        await self.writer.set_cursor(CursorInfo(node=node, hub_epoch=cur.epoch, cursor=start,
-                                                updated_ms=now))
         limit = min(pull.limit, self.lim.pull_max_batches)
         deadline = time.monotonic() + wait_s
         changed = self._changed
-        page = await self._read(self.store.read_page, node, pull.e, start, limit,
-                                self.lim.pull_max_bytes)
+        # Read first: a cursor before the prune horizon is refused [H-PRUNE-1] before the
+        # hub records it, so a refused pull changes nothing.
+        page = await self._read(self._page, pull, start, limit)
+        await self.writer.set_cursor(CursorInfo(node=node, hub_epoch=cur.epoch, cursor=start,
+                                                updated_ms=now))
         if not page.batches and wait_s > 0:
             # A waiting pull does no work, so it gives its concurrency slot back while it
             # waits; max_long_polls bounds how many may wait.
@@ -213,8 +215,7 @@ class Hub:
                     except TimeoutError:
                         break
                     changed = self._changed
-                    page = await self._read(self.store.read_page, node, pull.e, start, limit,
-                                            self.lim.pull_max_bytes)
+                    page = await self._read(self._page, pull, start, limit)
             finally:
                 self.metrics.long_polls.dec()
                 self.inflight += 1
@@ -223,6 +224,16 @@ class Hub:
         self.metrics.events_served.inc(sum(b.events for b in page.batches))
         return reply(PullReply(hub_epoch=cur.epoch, cursor=page.cursor, head=page.head,
                                batches=[b.envelope for b in page.batches], more=page.more))
+
+    def _page(self, pull: Pull, start: int, limit: int):
+        try:
+            return self.store.read_page(pull.o, pull.e, start, limit, self.lim.pull_max_bytes)
+        except CursorPruned as e:
+            if start == pull.cursor:
+                raise
+            raise CursorPruned(f"the pull's cursor {pull.cursor} of hub epoch {pull.hub_epoch} "
+                               f"stands at {start} in this hub epoch; {e.message}",
+                               hint=e.hint) from None
 
     async def status_signed(self, request: web.Request) -> web.Response:
         data = await self.read_body(request)
@@ -302,6 +313,7 @@ class Hub:
             "epochs": [{"epoch": e.epoch, "restore_point": e.restore_point,
                         "started_ms": e.started_ms, "reason": e.reason} for e in st.epochs()],
             "head": head,
+            "pruned": _horizon_json(st.prune_horizon()),
             "batches_held": batches,
             "events_held": events,
             "storage_bytes_used": st.storage_bytes(),
@@ -329,6 +341,15 @@ class Hub:
         self.writer.stop()
         self.readers.shutdown(wait=True)
         self.store.close()
+
+
+def _horizon_json(h: PruneHorizon | None) -> dict | None:
+    """The prune horizon for operators and ``riversync verify``: a node whose cursor is
+    below ``upto_seq`` cannot get the batches pruned after it."""
+    if h is None:
+        return None
+    return {"upto_seq": h.upto_seq, "hub_epoch": h.hub_epoch, "pruned_ms": h.pruned_ms,
+            "pruned_at": utc_text(h.pruned_ms)}
 
 
 def reply(msg, status: int = 200) -> web.Response:

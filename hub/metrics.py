@@ -72,6 +72,10 @@ class _StoreCollector:
         yield GaugeMetricFamily(P + "epoch_restore_point_seq",
                                 "Hub sequence the current hub epoch started from",
                                 value=s["restore_point"])
+        yield GaugeMetricFamily(P + "prune_horizon_seq",
+                                "Highest hub sequence pruned (0: never); a node cursor below "
+                                "it is refused with CURSOR_PRUNED",
+                                value=(s.get("pruned") or {}).get("upto_seq", 0))
         yield GaugeMetricFamily(P + "epochs", "Hub epochs so far (1 + restores)",
                                 value=len(s["epochs"]))
         yield GaugeMetricFamily(P + "held_batches", "Batches held", value=s["batches_held"])

@@ -15,14 +15,21 @@ touching the HTTP layer.  The rules every implementation must keep:
 - **Envelope bytes are stored as received** and served back unchanged.
 - **Epochs**: the store holds the hub epoch history; a store opened on a restored copy
   starts a new epoch whose restore point is its head (see ``hub/epoch.py``).
+- **The prune horizon is kept with the data.**  Every prune records the hub sequence it
+  pruned up to (with its hub epoch and time) in the same transaction as the delete, so a
+  backup carries exactly the prunes its rows reflect.  ``read_page`` refuses a cursor
+  before the horizon when batches of other origins after it are gone (``CursorPruned``),
+  checked in the same read snapshot as the rows it would serve, so a prune running beside
+  a pull can never make the pull skip batches silently.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from riversync.protocol.errors import ProtocolError
+from riversync.protocol.errors import CursorPruned, ProtocolError
 from riversync.protocol.messages import Batch, OriginState
 
 
@@ -101,9 +108,38 @@ class CursorInfo:
 
 
 @dataclass(frozen=True)
+class PruneHorizon:
+    """The highest hub sequence pruned so far: batches at or below it are gone."""
+
+    upto_seq: int
+    hub_epoch: int  # the hub epoch the prune ran in
+    pruned_ms: int  # when
+
+
+@dataclass(frozen=True)
 class PruneResult:
     removed_batches: int
-    upto_seq: int
+    upto_seq: int  # the smallest position every node has pulled to (what may go)
+    horizon: PruneHorizon | None = None  # after this prune
+    held_back_by: tuple[str, ...] = ()  # the nodes standing at upto_seq
+
+
+def utc_text(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def cursor_pruned(after: int, horizon: PruneHorizon, missing: int, first: int) -> CursorPruned:
+    """The refusal of a read from ``after``: names the cursor, the horizon, what is gone and
+    the prune, and says which backups can still help (any store raises this one)."""
+    when = utc_text(horizon.pruned_ms)
+    return CursorPruned(
+        f"cursor {after} is before the hub's prune horizon {horizon.upto_seq} (pruned at "
+        f"{when}): {missing} batch(es) of other nodes from hub sequence {first} on are no "
+        "longer held, so this node cannot get those events from the hub",
+        hint=(f"restore this node from a backup taken after {when} (riversync restore -c "
+              "NODE_TOML BACKUP), or, with none, restore the hub from a hub backup taken "
+              "before it (riversync hub restore); see 'Restoring after a hub prune' in "
+              "docs/how-to/operate.md"))
 
 
 class HubStore(Protocol):
@@ -132,7 +168,11 @@ class HubStore(Protocol):
     def read_page(
         self, node: str, node_epoch: int, after: int, limit: int, max_bytes: int
     ) -> Page:
-        """Batches after ``after`` except those of origin (node, node_epoch), in hub order."""
+        """Batches after ``after`` except those of origin (node, node_epoch), in hub order.
+
+        Raises:
+            CursorPruned: a batch of another origin after ``after`` was pruned.
+        """
         ...
 
     def set_cursors(self, updates: list[CursorInfo]) -> None:
@@ -153,8 +193,17 @@ class HubStore(Protocol):
         """(batches, events) held."""
         ...
 
-    def prune_delivered(self, nodes: list[str]) -> PruneResult:
-        """Delete batches every node in ``nodes`` has pulled (cursor in the current epoch)."""
+    def prune_delivered(self, nodes: list[str], now_ms: int | None = None) -> PruneResult:
+        """Delete batches every node in ``nodes`` has pulled, and record the new horizon.
+
+        A node's position is its cursor as the hub would serve it now (``epoch.start_for``:
+        a cursor of an older hub epoch counts up to the restore points since); a node with
+        no cursor has pulled nothing, so nothing is deleted.  The horizon never goes down.
+        """
+        ...
+
+    def prune_horizon(self) -> PruneHorizon | None:
+        """The highest prune this store's history holds (None: never pruned)."""
         ...
 
     def storage_bytes(self) -> int:

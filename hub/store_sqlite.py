@@ -15,6 +15,10 @@ Theory of operation:
   ``hub_origins`` is each origin's chain head.
 - Writes go through one connection guarded by a lock; each reading thread has its own
   connection, so pulls never wait for an fsync.
+- Prunes: ``hub_prunes`` has one row per prune that moved the horizon (the highest hub
+  sequence deleted), written in the delete's transaction.  It lives in the database, so a
+  hub backup carries the prunes its rows reflect and a restored hub knows what it lacks;
+  ``read_page`` checks it in the snapshot it reads from (see ``hub/store.py``).
 - Epochs: on open, a restore marker (written by ``restore_store``) or a head watermark
   file that is ahead of the database (a copy restored by hand) starts a new hub epoch
   whose restore point is the restored head.  See docs/reference/hub.md, "Hub epochs".
@@ -27,6 +31,7 @@ import fcntl
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import apsw
@@ -35,7 +40,18 @@ from riversync.protocol import chain
 from riversync.protocol.errors import ProtocolError
 from riversync.protocol.messages import OriginState
 
-from .store import CursorInfo, EpochInfo, Page, PruneResult, PulledBatch, PushItem, PushResult
+from .epoch import start_for
+from .store import (
+    CursorInfo,
+    EpochInfo,
+    Page,
+    PruneHorizon,
+    PruneResult,
+    PulledBatch,
+    PushItem,
+    PushResult,
+    cursor_pruned,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hub_meta(key TEXT PRIMARY KEY, value);
@@ -67,6 +83,12 @@ CREATE TABLE IF NOT EXISTS hub_origins(
 CREATE TABLE IF NOT EXISTS hub_cursors(
     node TEXT PRIMARY KEY, hub_epoch INTEGER NOT NULL, cursor INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS hub_prunes(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    upto INTEGER NOT NULL,
+    hub_epoch INTEGER NOT NULL,
+    pruned_ms INTEGER NOT NULL,
+    removed INTEGER NOT NULL);
 """
 
 BUSY_TIMEOUT_MS = 10_000  # ms; a backup or prune from another process may hold the lock briefly
@@ -244,7 +266,8 @@ class SqliteHubStore:
     def read_page(self, node: str, node_epoch: int, after: int, limit: int,
                   max_bytes: int) -> Page:
         conn = self._r()
-        with conn:  # one read transaction: head and rows from the same snapshot
+        with conn:  # one read transaction: horizon, head and rows from the same snapshot
+            _check_not_pruned(conn, node, node_epoch, after)
             head = _head(conn)
             out: list[PulledBatch] = []
             used = 0
@@ -358,20 +381,59 @@ class SqliteHubStore:
             "SELECT node, max(last_push_ms) FROM hub_origins GROUP BY node").fetchall()
         return {n: int(ms) for n, ms in rows}
 
-    def prune_delivered(self, nodes: list[str]) -> PruneResult:
-        with self._wlock, _txn(self._w):
-            epoch = self.current_epoch().epoch
-            upto = None
-            for node in nodes:
-                row = self._w.execute(
-                    "SELECT cursor FROM hub_cursors WHERE node = ? AND hub_epoch = ?",
-                    (node, epoch)).fetchone()
-                c = row[0] if row else 0
-                upto = c if upto is None else min(upto, c)
-            upto = upto or 0
-            self._w.execute("DELETE FROM hub_batches WHERE seq <= ?", (upto,))
-            removed = self._w.changes()
-        return PruneResult(removed_batches=removed, upto_seq=upto)
+    def prune_delivered(self, nodes: list[str], now_ms: int | None = None) -> PruneResult:
+        now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        conn = self._w
+        with self._wlock, _txn(conn):
+            # Cursors are read inside the write transaction, so none moves under the
+            # prune; a pull that reads after the commit meets the new horizon instead.
+            epochs = [EpochInfo(*r) for r in conn.execute(
+                "SELECT epoch, restore_point, started_ms, reason FROM hub_epochs ORDER BY id")]
+            cursors = {n: (e, c) for n, e, c in conn.execute(
+                "SELECT node, hub_epoch, cursor FROM hub_cursors")}
+            # Where the hub would serve each node from now: a cursor of an older hub epoch
+            # counts only up to the restore points since, an unknown epoch or no cursor at
+            # all counts as 0 (the node has pulled nothing the hub can vouch for).
+            position = {n: start_for(epochs, *cursors[n]) if n in cursors else 0
+                        for n in nodes}
+            upto = min(position.values(), default=0)
+            held_back = tuple(sorted(n for n, p in position.items() if p == upto))
+            before = _horizon(conn)
+            removed = 0
+            if upto > (before.upto_seq if before else 0):
+                conn.execute("DELETE FROM hub_batches WHERE seq <= ?", (upto,))
+                removed = conn.changes()
+                conn.execute("INSERT INTO hub_prunes(upto, hub_epoch, pruned_ms, removed) "
+                             "VALUES (?, ?, ?, ?)", (upto, epochs[-1].epoch, now_ms, removed))
+            horizon = _horizon(conn)
+        return PruneResult(removed_batches=removed, upto_seq=upto, horizon=horizon,
+                           held_back_by=held_back)
+
+    def prune_horizon(self) -> PruneHorizon | None:
+        return _horizon(self._r())
+
+
+def _horizon(conn: apsw.Connection) -> PruneHorizon | None:
+    row = conn.execute("SELECT upto, hub_epoch, pruned_ms FROM hub_prunes "
+                       "ORDER BY upto DESC, id DESC LIMIT 1").fetchone()
+    return PruneHorizon(*row) if row else None
+
+
+def _check_not_pruned(conn: apsw.Connection, node: str, node_epoch: int, after: int) -> None:
+    """Refuse a read from ``after`` when batches of other origins after it were pruned.
+
+    ``hub_chain`` outlives pruning, so it still says whose batches the deleted numbers
+    were: a node whose only missing batches are its own (same node epoch) lacks nothing.
+    """
+    horizon = _horizon(conn)
+    if horizon is None or after >= horizon.upto_seq:
+        return
+    missing, first = conn.execute(
+        "SELECT count(*), min(seq) FROM hub_chain WHERE seq > ? AND seq <= ? "
+        "AND NOT (node = ? AND epoch = ?)", (after, horizon.upto_seq, node, node_epoch)
+    ).fetchone()
+    if missing:
+        raise cursor_pruned(after, horizon, missing, first)
 
 
 def _head(conn: apsw.Connection) -> int:

@@ -132,6 +132,19 @@ class Busy(ProtocolError):
     hint = "the hub is at its concurrency limit; retry with backoff"
 
 
+class CursorPruned(ProtocolError):
+    """The pull's cursor is before the hub's prune horizon: batches of other origins the
+    node lacks were deleted by ``riversync hub prune``.  Serving the rest would leave the
+    node short of those events for good, silently; so the pull is refused and the node
+    stops until an operator gives it a history the hub can continue."""
+
+    code = "CURSOR_PRUNED"
+    http_status = 410
+    hint = ("restore this node from a backup taken after the hub's prune (riversync restore), "
+            "or restore the hub from a hub backup taken before it (riversync hub restore); "
+            "see 'Restoring after a hub prune' in docs/how-to/operate.md")
+
+
 ALL_ERRORS: tuple[type[ProtocolError], ...] = (
     Malformed,
     TooLarge,
@@ -148,6 +161,7 @@ ALL_ERRORS: tuple[type[ProtocolError], ...] = (
     ReplayedRequest,
     UnexpectedMessage,
     Busy,
+    CursorPruned,
 )
 
 BY_CODE: dict[str, type[ProtocolError]] = {cls.code: cls for cls in ALL_ERRORS}

@@ -35,7 +35,10 @@ def register(subparsers) -> None:
     r.add_argument("--json", action="store_true")
     r.set_defaults(handler=cmd_restore)
 
-    pr = sub.add_parser("prune", help="delete batches every node has already pulled")
+    pr = sub.add_parser("prune", help="delete batches every node has already pulled",
+                        description="Delete the batches every roster node has pulled and "
+                        "record the prune horizon. A node restored from a backup taken "
+                        "before the prune can no longer catch up from the hub.")
     pr.add_argument("-c", "--config", required=True, metavar="HUB_TOML")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(handler=cmd_prune)
@@ -104,6 +107,7 @@ def cmd_restore(args) -> int:
 
 def cmd_prune(args) -> int:
     from riversync.hub.server import random_epoch
+    from riversync.hub.store import utc_text
     from riversync.hub.store_sqlite import SqliteHubStore
 
     cfg = _config(args)
@@ -116,9 +120,23 @@ def cmd_prune(args) -> int:
         res = store.prune_delivered(sorted(cfg.roster.nodes))
     finally:
         store.close()
-    _say(args, {"removed_batches": res.removed_batches, "upto_seq": res.upto_seq},
-         f"Removed {res.removed_batches} batches up to hub sequence {res.upto_seq} "
-         "(every node had pulled them).")
+    h = res.horizon
+    data = {"removed_batches": res.removed_batches, "upto_seq": res.upto_seq,
+            "held_back_by": list(res.held_back_by),
+            "horizon": {"upto_seq": h.upto_seq, "hub_epoch": h.hub_epoch,
+                        "pruned_ms": h.pruned_ms, "pruned_at": utc_text(h.pruned_ms)}
+            if h else None}
+    if res.removed_batches or (h and h.upto_seq == res.upto_seq and res.upto_seq):
+        text = (f"Removed {res.removed_batches} batches up to hub sequence {res.upto_seq} "
+                f"(every node had pulled them). Prune horizon: {h.upto_seq}, "
+                f"{utc_text(h.pruned_ms)}. A node restored from a backup taken before then "
+                "cannot get these batches from the hub (docs/how-to/operate.md).")
+    else:
+        text = (f"Nothing to prune: {', '.join(res.held_back_by) or 'no node'} stand(s) at hub "
+                f"sequence {res.upto_seq}" + (f", at or below the prune horizon {h.upto_seq}"
+                                               if h else "")
+                + " (a node that never pulled in this hub's history stands at 0).")
+    _say(args, data, text)
     return 0
 
 

@@ -53,3 +53,38 @@ def test_every_staging_error_code_is_documented():
 def test_every_api_route_is_documented():
     for method, path, _, role in api_staging.ROUTES:
         assert f"| `{method} {path}` | {role} |" in DOC, path
+
+
+def test_the_documented_audit_source_is_the_one_apply_writes(tmp_path):
+    """Every page names the audit source of an applied batch as the engine writes it:
+    apply passes ``staging:<id>`` and the engine prefixes local sources with ``local:``."""
+    import re
+
+    import openpyxl
+
+    from riversync.engine.schema import load_schema
+    from riversync.engine.store import Store
+    from riversync.protocol.keys import NodeEntry, Roster, User
+
+    template = "local:staging:<batch id>"
+    assert f"`{template}`" in DOC
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        text = page.read_text()
+        assert not re.search(r"(?<![\w:])staging:<batch id>", text), page
+        assert "local:staging:batch-" not in text, page
+    data = ROOT / "tests" / "data" / "staging_schema.toml"
+    nodes = {"north": NodeEntry("north", "north", bytes([1]) * 32)}
+    roster = Roster("c", nodes, {"alice": User("alice", "north", "operator")})
+    schema = load_schema(data)
+    store = Store.open(str(tmp_path / "north.db"), schema, roster, "north", epoch=1)
+    try:
+        desk = staging.StagingDesk(store, schema, staging.load_import_options(str(data)))
+        wb = openpyxl.Workbook()
+        wb.active.append(["staff_id", "full_name", "region"])
+        wb.active.append(["S1", "Ada Example", "North"])
+        wb.save(tmp_path / "s.xlsx")
+        bid = desk.import_xlsx(str(tmp_path / "s.xlsx"), "staff", user="alice")["batch"]["id"]
+        desk.apply(bid, user="alice")
+        assert [a["source"] for a in store.audit()] == [template.replace("<batch id>", str(bid))]
+    finally:
+        store.close()

@@ -190,3 +190,37 @@ def test_row_deleted_between_staging_and_apply_fails_the_apply(cluster, capsys, 
     applied = run_json(capsys, "staging", "apply", str(b), "--exclude", str(r1["row"]),
                        "-c", "node-north.toml")
     assert applied["batch"]["events"] == 1
+
+
+def test_correcting_rows_decides_create_or_update_again(cluster, capsys, tmp_path):
+    """A correction (API POST /v1/staging/{id}/rows/{row}) checks the row as the import
+    did: an update of a live key needs no required column, a create needs them all."""
+    from riversync.node.staging import StagingDesk, load_import_options
+
+    seed(cluster, capsys, tmp_path)
+    b = stage(capsys, sheet(tmp_path / "region.xlsx", ("staff_id", "region"),
+                            ("S1", "East"), ("S2", "West")))
+    with Db(cluster) as store:
+        store.commit_local([LocalChange("delete", "staff", "S1")], user="north-operator",
+                           now_ms=T0)
+    code, out, err = run(capsys, "staging", "apply", str(b), "-c", "node-north.toml")
+    assert code != 0 and "S1 no longer exists" in err
+    with Db(cluster) as store:
+        desk = StagingDesk(store, store.schema,
+                           load_import_options(str(cluster / "schema.toml")))
+        rows = {r["key"]: r for r in desk.show(b)["rows"]}
+        # S2 is still an update: correcting its region leaves full_name out and is fine
+        r2 = desk.edit(b, rows["S2"]["row"], {"region": "Lakeside"}, user="north-operator")
+        assert (r2["row"]["op"], r2["row"]["status"]) == ("update", "valid"), r2
+        # S1 is gone: corrected, it is checked as a new row and needs full_name
+        r1 = desk.edit(b, rows["S1"]["row"], {"region": "East"}, user="north-operator")
+        assert (r1["row"]["op"], r1["row"]["status"]) == ("create", "invalid")
+        assert [e["message"] for e in r1["row"]["errors"]] == ["full_name required"]
+        r1 = desk.edit(b, rows["S1"]["row"], {"full_name": "Ada Again"}, user="north-operator")
+        assert (r1["row"]["op"], r1["row"]["status"]) == ("create", "valid")
+    applied = run_json(capsys, "staging", "apply", str(b), "-c", "node-north.toml")
+    assert applied["batch"]["events"] == 2
+    with Db(cluster) as store:
+        assert store.get_row("staff", "S1") == {"staff_id": "S1", "full_name": "Ada Again",
+                                                "region": "East"}
+        assert store.get_row("staff", "S2")["full_name"] == "Ben Sample"

@@ -35,6 +35,17 @@ exponential backoff, jitter and a cap; a gap or a changed hub epoch makes the ag
 resync (hello again); a bad signature, a fork or a batch the store refuses beyond the
 retry threshold stops replication and raises a critical alert until an operator acts
 (``riversync status`` says what, ``POST /v1/sync`` retries).
+
+*The hub's clock.*  Every exchange goes through ``_ask``, which reads the hub's time out
+of a hello reply or a clock refusal (``node.hubclock``).  A refusal that the agent only
+retries (``CLOCK_SKEW``, ``STALE_REQUEST``: anything but ``BUSY``) is kept in ``refused``
+until that request succeeds, so the status warns while events wait instead of looking
+healthy; its hint says what the clocks show (events stamped ahead by a clock fixed since
+are kept and go out by themselves, or this clock is still wrong).  A reading that finds
+this node's clock ahead of the hub's by more than the max drift makes ``clock_ahead``
+refuse local writes (the API answers 503 ``CLOCK_AHEAD``) rather than stamp more events
+the hub must refuse; it never outlives a sane hello, an acknowledged push, an unreachable
+hub or a clock fixed since.
 """
 
 from __future__ import annotations
@@ -54,7 +65,14 @@ from riversync.config import DEFAULT_RELAY_KEEP_DAYS
 from riversync.engine.db import transaction
 from riversync.protocol import codec
 from riversync.protocol.codec import ZERO_HASH, body_hash, make_batch, open_envelope, sign
-from riversync.protocol.errors import RESYNC, RETRY, ProtocolError, SequenceFork, TooLarge
+from riversync.protocol.errors import (
+    RESYNC,
+    RETRY,
+    Busy,
+    ProtocolError,
+    SequenceFork,
+    TooLarge,
+)
 from riversync.protocol.keys import Roster, SigningKey
 from riversync.protocol.messages import Batch, Envelope, Hello, HelloReply, OriginState, Pull
 from riversync.protocol.version import VERSION
@@ -62,6 +80,7 @@ from riversync.protocol.version import VERSION
 from . import head, relay
 from .db import DbThread
 from .health import NodeMetrics
+from .hubclock import HubClock, read_refusal, refusal_hint
 from .transport import HubClient, HubUnreachable
 
 log = logging.getLogger("riversync.node.agent")
@@ -204,6 +223,11 @@ class Agent:
         self._old_held: dict[int, int] = {}
         self.diverged: list[dict] = []  # own old-epoch ids the hub holds other events under
         self.renewed_epoch: tuple[int, int] | None = None
+        self.wall_ms = now_ms  # this node's wall clock (Unix ms) for every stamp it signs
+        self.clock = HubClock(lambda: self.wall_ms())
+        # The hub's latest refusal that the agent only retries (not BUSY), until the same
+        # request succeeds: {"code", "request", "message", "hint", "at"}.
+        self.refused: dict | None = None
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -255,7 +279,14 @@ class Agent:
             "relay_keep_days": self.s.relay_keep_days,
             "relay_kept_batches": self.relay_kept[0] if self.relay_kept else None,
             "relay_kept_bytes": self.relay_kept[1] if self.relay_kept else None,
+            "clock": self.clock.snapshot(),
+            "refused": self.refused,
         }
+
+    def clock_ahead(self) -> dict | None:
+        """Why local writes must wait now (this clock is ahead of the hub's by more than
+        the cluster's max drift, by a current reading), or None: see ``node.hubclock``."""
+        return self.clock.ahead()
 
     # ---- the loops --------------------------------------------------------------------
 
@@ -320,6 +351,7 @@ class Agent:
         if self.state != "stopped":
             self.state = "running"
             self.error = None
+            self.refused = None
         return {"pushed": pushed, "pulled": pulled}
 
     async def sync_now(self) -> dict:
@@ -356,6 +388,7 @@ class Agent:
         self.attempt = 0
         self.state = "running"
         self.error = None
+        self.refused = None
         return {"pushed": pushed, "pulled": pulled}
 
     async def sync_now_quietly(self, timeout_s: float) -> bool:
@@ -372,6 +405,8 @@ class Agent:
 
     def _went_away(self, e: Exception) -> float:
         self.state = "backoff"
+        if isinstance(e, HubUnreachable):
+            self.clock.forget()  # offline first: no hub, no reason to refuse writes
         self._hello_ok.clear()  # the hub may come back restored: say hello again
         if isinstance(e, ApplyFailed):
             self._note_error("REPLAY_FAILED", str(e), "the node retries; see its log", RETRY)
@@ -417,10 +452,61 @@ class Agent:
 
     # ---- hello and reconcile ----------------------------------------------------------
 
+    async def _ask(self, what: str, request, sent_ms: int):
+        """Await one hub request (a coroutine), learning what its answer says of the
+        clocks; ``sent_ms`` is this node's clock when it was signed.
+
+        Raises:
+            HubUnreachable, ProtocolError: as the transport raised them; a refusal's hint
+            is replaced by what the clocks show (``hubclock.refusal_hint``).
+        """
+        try:
+            reply = await request
+        except HubUnreachable:
+            self.clock.forget()
+            raise
+        except ProtocolError as e:
+            await self._hub_refused(what, e, sent_ms)
+            raise
+        if self.refused is not None and self.refused["request"] == what:
+            self.refused = None
+        return reply
+
+    async def _hub_refused(self, what: str, e: ProtocolError, sent_ms: int) -> None:
+        if e.action != RETRY or isinstance(e, Busy):
+            return  # BUSY is load shedding; resync and stop errors have their own handling
+        fact = read_refusal(e, sent_ms)
+        if fact is not None:
+            r = self.clock.observe(fact.hub_ms, fact.local_ms, e.code, fact.max_drift_ms)
+            queued, newest = await self.db.run(self._queued_newest)
+            hint = refusal_hint(e, fact, r.offset_ms, self.clock.max_drift_ms, queued, newest)
+            if hint:
+                e.hint = hint
+        self.refused = {"code": e.code, "request": what, "message": e.message, "hint": e.hint,
+                        "at": time.time()}
+
+    def _queued_newest(self) -> tuple[int, int | None]:
+        """Events waiting for the hub and the newest HLC among them (db thread)."""
+        queued = self.store.outbox_size()
+        newest = None
+        pending = self._pending()
+        if pending is not None:
+            newest = max(ev.hlc for ev in pending[1].events)
+        epoch = self.store.epoch
+        if self.store.outbox(limit=1, epoch=epoch):
+            seq = self.store.own_seq(epoch)
+            ev = self.store.own_events(epoch, [seq]).get(seq) if seq else None
+            if ev is not None:
+                newest = max(newest or 0, ev.hlc)
+        return queued, newest
+
     async def hello(self) -> HelloReply:
-        body = Hello(v=VERSION, c=self.s.cluster_id, o=self.s.node_id, ts=now_ms(),
+        sent = self.wall_ms()
+        body = Hello(v=VERSION, c=self.s.cluster_id, o=self.s.node_id, ts=sent,
                      e=self.store.epoch, nonce=os.urandom(16))
-        reply = await self.hub.hello(sign(body, self.key))
+        reply = await self._ask("hello", self.hub.hello(sign(body, self.key)), sent)
+        # The hub's time is read between send and receipt: half the round trip is the error.
+        self.clock.observe(reply.hub_time_ms, (sent + self.wall_ms()) // 2, "hello")
         await self._load_relay_due()
         self.hub_epoch = reply.hub_epoch
         self.hub_head = reply.head
@@ -622,7 +708,7 @@ class Agent:
                 return None
             epoch, n, h = self._chain()
         batch = make_batch(cluster=self.s.cluster_id, node=self.s.node_id, epoch=epoch, n=n + 1,
-                           prev=h, events=events, now_ms=now_ms())
+                           prev=h, events=events, now_ms=self.wall_ms())
         data = sign(batch, self.key)
         self.store.meta_set(META_PENDING, data.hex())  # durable before it leaves this node
         return data
@@ -650,7 +736,7 @@ class Agent:
                 if data is None:
                     break
                 try:
-                    await self.hub.push(data)
+                    await self._ask("push", self.hub.push(data), self.wall_ms())
                 except TooLarge:
                     # The hub refused the batch whole and stored nothing, so these bytes
                     # can be replaced without any risk of a fork: build smaller batches.
@@ -662,6 +748,7 @@ class Agent:
                                 "events", self.batch_max)
                     continue
                 total += await self.db.run(self._acked_bytes, data)
+                self.clock.forget()  # the hub took events this clock stamped
             self.last_push_ok = time.time()
         if total:
             self.metrics.pushed_events.inc(total)
@@ -747,10 +834,12 @@ class Agent:
         return cur[0], cur[1]
 
     async def _request(self, hub_epoch: int, cursor: int, wait_ms: int, interruptible: bool):
-        body = Pull(v=VERSION, c=self.s.cluster_id, o=self.s.node_id, ts=now_ms(),
+        sent = self.wall_ms()
+        body = Pull(v=VERSION, c=self.s.cluster_id, o=self.s.node_id, ts=sent,
                     e=self.store.epoch, nonce=os.urandom(16), hub_epoch=hub_epoch,
                     cursor=cursor, limit=PULL_LIMIT, wait_ms=wait_ms)
-        fut = asyncio.ensure_future(self.hub.pull(sign(body, self.key), wait_ms))
+        fut = asyncio.ensure_future(
+            self._ask("pull", self.hub.pull(sign(body, self.key), wait_ms), sent))
         fut.add_done_callback(_retrieve)
         if not interruptible:
             return await fut
@@ -859,7 +948,8 @@ class Agent:
     async def _apply(self, events: list, hub_epoch: int, cursor: int,
                      kept: list[tuple[Batch, bytes]] = ()) -> None:
         try:
-            found, _ = await self.db.write("apply", self._settle_and_apply, events, now_ms(),
+            found, _ = await self.db.write("apply", self._settle_and_apply, events,
+                                           self.wall_ms(),
                                            ("hub", hub_epoch, cursor), kept)
             if found:
                 self.diverged.extend(found)

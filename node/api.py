@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import errors as E
 from .auth import ADMIN, CLERK, OPERATOR, Caller, authenticate
+from .hubclock import GUARD_HINT, guard_message
 from .transport import HubUnreachable
 
 log = logging.getLogger("riversync.node.api")
@@ -270,12 +271,37 @@ async def get_row(request: web.Request) -> web.Response:
     return json_response({"table": table, "pk": pk, "row": row})
 
 
+class ClockAhead(E.ApiError):
+    """This node's clock is ahead of the hub's by more than the cluster allows: an event
+    stamped now would be refused by the hub, so the write is not taken (node.hubclock)."""
+
+    code = "CLOCK_AHEAD"
+    status = 503
+    hint = "fix this computer's clock (NTP); writes are taken again once it agrees with the hub's"
+
+
+def refuse_if_clock_ahead(ctx: Any) -> None:
+    """The write guard: while the hub's replies show this node's clock ahead of the hub's by
+    more than the cluster's max drift, a local write would be stamped with an HLC the hub
+    refuses, so it is not taken.  With the hub unreachable nothing is known and writes go on
+    (offline first); the agent forgets a reading the clock no longer bears out.
+
+    Raises:
+        ClockAhead: 503, with the measured offset and how it was measured.
+    """
+    agent = getattr(ctx, "agent", None)
+    info = agent.clock_ahead() if agent is not None else None
+    if info is not None:
+        raise ClockAhead(guard_message(info), hint=GUARD_HINT)
+
+
 async def _commit(request: web.Request, changes: list, *, admin: bool) -> web.Response:
     ctx = ctx_of(request)
     caller = caller_of(request)
     if admin and not caller.is_admin:
         raise E.Forbidden(f"user {caller.name!r} is a {caller.role}; an admin override needs the "
                           "admin role")
+    refuse_if_clock_ahead(ctx)
     events = await ctx.commit(changes, caller, admin=admin)
     ch = changes[0]
     row = await ctx.db.run(ctx.store.get_row, ch.table, ch.pk)
@@ -383,6 +409,7 @@ async def resolve_conflict(request: web.Request) -> web.Response:
         raise E.Forbidden("an admin override needs the admin role")
     change = LocalChange(kind="resolve", table=c["table"], pk=c["pk"], conflict=cid,
                          decision=decision, values=values or None)
+    refuse_if_clock_ahead(ctx)
     events = await ctx.commit([change], caller, admin=admin)
     after = await ctx.db.run(ctx.store.conflict, cid)
     return json_response({"ok": True, "events": [event_json(e) for e in events],

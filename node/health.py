@@ -83,6 +83,18 @@ def evaluate(snap: dict, t: Thresholds) -> tuple[str, list[dict]]:
             "REPLAY_FAILING",
             f"{failures} replays in a row failed (threshold {t.replay_retry_threshold})",
         )
+    clock = agent.get("clock") or {}
+    if clock.get("ahead"):
+        add(CRITICAL, "CLOCK_AHEAD",
+            f"this node's clock is {_duration(clock['offset_ms'] / 1000)} ahead of the hub's "
+            f"(the cluster allows {_duration(clock['max_drift_ms'] / 1000)}): new writes are "
+            "refused until it is fixed (NTP); writes already taken are kept")
+    refused = agent.get("refused")
+    if refused and agent.get("state") != "stopped":
+        queued = snap.get("outbox", 0)
+        add(WARNING, "HUB_REFUSING",
+            f"the hub refused this node's latest {refused.get('request', 'request')} "
+            f"({refused.get('code')}) and {queued} event(s) wait: {refused.get('hint', '')}")
     age = sync_age(snap)
     if age >= t.crit_no_sync_s:
         add(CRITICAL, "NO_SYNC", f"no successful sync for {_duration(age)}")
@@ -162,6 +174,12 @@ class NodeMetrics:
                                         registry=r)
         self.relay_kept_bytes = Gauge(p + "relay_kept_bytes",
                                       "Signed bytes of the kept relay batches", registry=r)
+        self.clock_offset = Gauge(p + "clock_offset_seconds",
+                                  "This node's wall clock minus the hub's, by the hub's latest "
+                                  "reply that showed it (positive: ahead)", registry=r)
+        self.hub_refusing = Gauge(p + "hub_refusing",
+                                  "1 while the hub refuses this node's requests (not BUSY)",
+                                  registry=r)
         self.relay_due = Gauge(p + "relay_due",
                                "1 while a relay pass after a hub restore has not completed",
                                registry=r)
@@ -187,7 +205,12 @@ class NodeMetrics:
         self.staging_oldest.set(oldest if isinstance(oldest, int | float) else 0)
         self.alert_level.set(EXIT_CODES[level])
         self.db_up.set(1 if snap.get("db_ok", True) else 0)
-        self.relay_due.set(1 if (snap.get("agent") or {}).get("relay_due") else 0)
+        agent = snap.get("agent") or {}
+        self.relay_due.set(1 if agent.get("relay_due") else 0)
+        clock = agent.get("clock")
+        if clock is not None:
+            self.clock_offset.set(clock["offset_ms"] / 1000)
+        self.hub_refusing.set(1 if agent.get("refused") else 0)
 
 
 def _duration(seconds: float) -> str:

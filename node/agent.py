@@ -505,8 +505,10 @@ class Agent:
         body = Hello(v=VERSION, c=self.s.cluster_id, o=self.s.node_id, ts=sent,
                      e=self.store.epoch, nonce=os.urandom(16))
         reply = await self._ask("hello", self.hub.hello(sign(body, self.key)), sent)
-        # The hub's time is read between send and receipt: half the round trip is the error.
-        self.clock.observe(reply.hub_time_ms, (sent + self.wall_ms()) // 2, "hello")
+        # The hub read its clock between send and receipt: half the round trip is the error.
+        received = self.wall_ms()
+        self.clock.observe(reply.hub_time_ms, (sent + received) // 2, "hello",
+                           error_ms=(received - sent) // 2)
         await self._load_relay_due()
         self.hub_epoch = reply.hub_epoch
         self.hub_head = reply.head

@@ -96,14 +96,17 @@ class HubClock:
         self._ahead: Reading | None = None  # a reading that found this clock ahead: the guard
 
     def observe(self, hub_ms: int, local_ms: int, source: str,
-                max_drift_ms: int | None = None) -> Reading:
-        """Record one reading; it arms the guard when it finds this clock too far ahead and
-        disarms it when it does not."""
+                max_drift_ms: int | None = None, error_ms: int = 0) -> Reading:
+        """Record one reading; it arms the guard when it finds this clock too far ahead
+        even if it overstates the offset by ``error_ms`` (half a hello's round trip), and
+        disarms it when it does not.  A refusal's reading can only understate how far
+        ahead this clock is (the hub read its clock after the node signed), so it needs
+        no margin."""
         if max_drift_ms is not None:
             self.max_drift_ms = max_drift_ms
         r = Reading(local_ms - hub_ms, hub_ms, local_ms, self.mono_s(), source)
         self.last = r
-        self._ahead = r if r.offset_ms > self.max_drift_ms else None
+        self._ahead = r if r.offset_ms - max(0, error_ms) > self.max_drift_ms else None
         return r
 
     def forget(self) -> None:

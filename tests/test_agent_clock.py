@@ -111,6 +111,11 @@ def test_the_guard_follows_the_clock_forgets_and_expires():
     clock.observe(hub_ms=t.wall - 1000, local_ms=t.wall, source="hello")
     assert clock.ahead() is None  # a sane reading never arms it
     assert clock.snapshot()["offset_ms"] == 1000
+    # a hello whose round trip could explain the excess does not arm it either
+    clock.observe(hub_ms=t.wall - 301_000, local_ms=t.wall, source="hello", error_ms=2_000)
+    assert clock.ahead() is None
+    clock.observe(hub_ms=t.wall - 303_000, local_ms=t.wall, source="hello", error_ms=2_000)
+    assert clock.ahead()["offset_ms"] == 303_000
 
 
 def _snap(**agent) -> dict:

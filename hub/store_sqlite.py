@@ -41,6 +41,7 @@ from riversync.protocol.errors import ProtocolError
 from riversync.protocol.messages import OriginState
 
 from .epoch import start_for
+from .restore_check import check_hub_backup, move_aside, stamp_cluster
 from .store import (
     CursorInfo,
     EpochInfo,
@@ -452,11 +453,12 @@ def _read_watermark(p: Path) -> tuple[int, int] | None:
 # ---- backup and restore -------------------------------------------------------------------
 
 
-def backup_store(db_path: Path | str, out_path: Path | str) -> int:
+def backup_store(db_path: Path | str, out_path: Path | str, cluster_id: str | None = None) -> int:
     """Copy a live hub database to ``out_path`` (apsw backup API: WAL-safe, consistent).
 
     Returns the head of the copy.  The copy is a single file (journal_mode=DELETE), so it
-    cannot be separated from a ``-wal``.
+    cannot be separated from a ``-wal``.  ``cluster_id`` is recorded in the copy, so a
+    restore can refuse another cluster's backup (hub/restore_check.py).
     """
     db_path, out_path = Path(db_path), Path(out_path)
     tmp = out_path.with_name(out_path.name + ".tmp")
@@ -469,6 +471,8 @@ def backup_store(db_path: Path | str, out_path: Path | str) -> int:
             while not b.done:
                 b.step(1024)
         dst.execute("PRAGMA journal_mode=DELETE")
+        if cluster_id:
+            stamp_cluster(dst, cluster_id)
         head = _head(dst)
     finally:
         dst.close()
@@ -479,14 +483,19 @@ def backup_store(db_path: Path | str, out_path: Path | str) -> int:
     return head
 
 
-def restore_store(backup_path: Path | str, db_path: Path | str, note: str) -> int:
+def restore_store(backup_path: Path | str, db_path: Path | str, note: str,
+                  roster=None) -> tuple[int, list[Path]]:
     """Put a backup in place of the hub database and mark it so the next start is a new epoch.
 
-    Refuses while a hub holds the database lock.  Removes the old ``-wal`` and ``-shm``
-    so they cannot be replayed over the restored file (case C21).  Returns the restored head.
+    Refuses while a hub holds the database lock.  With ``roster``, first refuses a file
+    that is not a sound hub store of its cluster (``check_hub_backup``).  The old store and
+    its ``-wal``/``-shm`` are moved to ``<db>.pre-restore-<time>`` (never deleted), so the
+    ``-wal`` cannot be replayed over the restored file (case C21).  Returns the restored
+    head and the paths the old files were moved to.
 
     Raises:
         StoreLockedError: a hub is serving the database.
+        HubRestoreRefused: damaged, not a hub store, or another cluster's (nothing touched).
         apsw.Error: the backup is not a readable hub database.
     """
     backup_path, db_path = Path(backup_path), Path(db_path)
@@ -497,6 +506,8 @@ def restore_store(backup_path: Path | str, db_path: Path | str, note: str) -> in
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StoreLockedError(f"a hub is serving {db_path}; stop it first") from None
+        if roster is not None:
+            check_hub_backup(backup_path, roster)
         tmp = db_path.with_name(db_path.name + ".restoring")
         tmp.unlink(missing_ok=True)
         shutil.copyfile(backup_path, tmp)
@@ -518,14 +529,13 @@ def restore_store(backup_path: Path | str, db_path: Path | str, note: str) -> in
             raise
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        for suffix in ("-wal", "-shm"):
-            Path(str(db_path) + suffix).unlink(missing_ok=True)
+        moved = move_aside(db_path, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
         os.replace(tmp, db_path)
         dfd = os.open(db_path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        return head
+        return head, moved
     finally:
         os.close(fd)

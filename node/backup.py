@@ -13,6 +13,16 @@ are moved aside (nothing is deleted) so stale WAL frames cannot be replayed over
 restored pages; the backup is copied in via a temp file, fsync and rename.  The caller
 then opens the store and starts a new node epoch at once, so the restored node never
 reuses a sequence number it handed out after the backup was taken.
+
+Before anything is moved, a restore also reads who the backup belongs to
+(``check_identity``, read-only): a sound file of another node (another office's backup),
+of another cluster (a same-named node of another ``riversync cluster init``), or no node
+database at all (a hub backup) is refused with a typed code.  Once swapped in, such a file
+would only be found out when the store opens it, after the live file was already moved
+aside.  The node records its cluster id in its database at every open
+(``stamp_cluster``), so a backup carries it; for a backup older than that stamp the
+cluster is read from the signed batches it keeps (their cluster id is inside the signed
+bytes), else every node it names must be in this cluster's roster.
 """
 
 from __future__ import annotations
@@ -33,12 +43,33 @@ SUFFIX = ".db"
 MANIFEST = ".json"
 
 
-class BackupError(Exception):
-    """A backup or restore cannot go ahead; ``hint`` says what to do."""
+# The key (in the engine's ``_rs_meta``, through ``Store.meta_set``) of the cluster id the
+# node recorded; the engine itself records only the node id.
+META_CLUSTER = "node.cluster_id"
+# What a riversync node database always holds (written by the engine at its first open).
+ENGINE_META = "_rs_meta"
+RELAY_TABLE = "_node_relay_batches"  # node/relay.py: pulled batches kept as signed
+# Signed envelopes the agent keeps in _rs_meta (hex), beside the relay table's.
+SIGNED_META_KEYS = ("x:agent.push.pending", "x:agent.push.restored")
+ENVELOPES_READ = 20  # signed batches read for their cluster id: one disagreeing is enough
 
-    def __init__(self, message: str, hint: str = ""):
+
+class BackupError(Exception):
+    """A backup or restore cannot go ahead; ``hint`` says what to do.  ``code`` is the
+    stable code a refused restore reports (docs/reference/cli.md, "Restore refusals")."""
+
+    code = "RESTORE_DAMAGED"
+
+    def __init__(self, message: str, hint: str = "", code: str | None = None):
         super().__init__(message)
         self.hint = hint
+        if code is not None:
+            self.code = code
+
+
+class RestoreRefused(BackupError):
+    """A sound backup that is not this node's database: restoring it would put another
+    office's (or cluster's) data in place of this one's.  Raised before anything moves."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +156,7 @@ def make_backup(store, backup_dir: Path, node_id: str, retention: Retention,
             "state": digest.get("state"),
             "tables": digest.get("tables"),
             "events": digest.get("events"),
+            "cluster_id": store.roster.cluster_id,
         }
         os.replace(tmp, final)
     finally:
@@ -192,6 +224,134 @@ def verify_backup(backup: Path) -> dict:
     return manifest
 
 
+def stamp_cluster(store, cluster_id: str) -> None:
+    """Record the cluster id in the node's database once, so its backups carry it."""
+    if store.meta_get(META_CLUSTER) is None:
+        store.meta_set(META_CLUSTER, cluster_id)
+
+
+def read_identity(backup: Path) -> dict:
+    """Who a database file belongs to, read without changing it (a read-only connection).
+
+    Returns ``node_id`` (None: not a riversync node database), ``cluster_id`` as recorded
+    (None: not recorded), ``signed_clusters`` (cluster ids inside the signed batches it
+    keeps), ``nodes`` (every node it holds events of), and ``hub`` (it is a hub store).
+
+    Raises:
+        BackupError: the file cannot be read as SQLite.
+    """
+    from riversync.protocol import codec
+    from riversync.protocol.errors import ProtocolError
+    from riversync.protocol.messages import Envelope
+
+    try:
+        conn = apsw.Connection(str(backup), flags=apsw.SQLITE_OPEN_READONLY)
+    except apsw.Error as e:
+        raise BackupError(f"{backup} is not a readable SQLite database: {e}",
+                          "choose another backup") from None
+    try:
+        tables = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        out: dict = {"node_id": None, "cluster_id": None, "signed_clusters": set(),
+                     "nodes": set(), "hub": "hub_epochs" in tables and "hub_batches" in tables}
+        if ENGINE_META not in tables:
+            return out
+        meta = dict(conn.execute(
+            f"SELECT key, value FROM {ENGINE_META} WHERE key IN (?, ?, ?, ?)",
+            ("node_id", "x:" + META_CLUSTER, *SIGNED_META_KEYS)))
+        out["node_id"] = meta.get("node_id")
+        out["cluster_id"] = meta.get("x:" + META_CLUSTER)
+        blobs = [bytes.fromhex(str(meta[k])) for k in SIGNED_META_KEYS if meta.get(k)]
+        if RELAY_TABLE in tables:
+            blobs += [r[0] for r in conn.execute(
+                f"SELECT envelope FROM {RELAY_TABLE} LIMIT ?", (ENVELOPES_READ,))]
+        for blob in blobs:
+            try:
+                out["signed_clusters"].add(codec.decode(bytes(blob), Envelope).c)
+            except ProtocolError:
+                continue  # an envelope the agent would refuse says nothing about the cluster
+        if "_rs_origins" in tables:
+            out["nodes"] = {r[0] for r in conn.execute("SELECT DISTINCT node FROM _rs_origins")}
+        return out
+    except (apsw.Error, ValueError) as e:
+        raise BackupError(f"{backup} cannot be read: {e}", "choose another backup") from None
+    finally:
+        conn.close()
+
+
+def check_identity(backup: Path, node_id: str, roster, backup_dir: Path | None = None) -> dict:
+    """Refuse a backup that is not a database of node ``node_id`` of ``roster``'s cluster.
+
+    Returns what ``read_identity`` found, with ``cluster_checked``: how the cluster was
+    matched (``recorded``, ``signed batches`` or ``roster names``).
+
+    Raises:
+        RestoreRefused: RESTORE_NOT_NODE_DB, RESTORE_WRONG_NODE or RESTORE_WRONG_CLUSTER.
+        BackupError: the file cannot be read.
+    """
+    where = f"{backup_dir}/" if backup_dir is not None else "this node's backup_dir"
+    pick = f"pick a backup of node {node_id!r} from {where}"
+    ident = read_identity(backup)
+    found = ident["node_id"]
+    if found is None:
+        what = "a hub store backup" if ident["hub"] else "not a riversync node database"
+        raise RestoreRefused(
+            f"{backup.name} is {what} (it records no node id); this is node {node_id!r}",
+            ("restore a hub backup with `riversync hub restore`; " if ident["hub"] else "")
+            + pick, code="RESTORE_NOT_NODE_DB")
+    if found != node_id:
+        raise RestoreRefused(
+            f"{backup.name} is a backup of node {found!r}, not of node {node_id!r} "
+            "(this node); restoring it would replace this office's data with another's",
+            pick, code="RESTORE_WRONG_NODE")
+    cluster = roster.cluster_id
+    recorded = ident["cluster_id"]
+    others = sorted(ident["signed_clusters"] - {cluster})
+    strangers = sorted(ident["nodes"] - set(roster.nodes))
+    if recorded is not None and recorded != cluster:
+        raise RestoreRefused(
+            f"{backup.name} is a backup of node {found!r} of cluster {recorded!r}, not of "
+            f"this cluster {cluster!r}", pick, code="RESTORE_WRONG_CLUSTER")
+    if others:
+        raise RestoreRefused(
+            f"{backup.name} holds batches signed for cluster {others[0]!r}: it is a backup "
+            f"of node {found!r} of another cluster, not of this cluster {cluster!r}",
+            pick, code="RESTORE_WRONG_CLUSTER")
+    if strangers:
+        raise RestoreRefused(
+            f"{backup.name} holds events of node(s) {', '.join(map(repr, strangers))} that "
+            f"cluster {cluster!r} does not list: it is a backup of node {found!r} of "
+            "another cluster", pick, code="RESTORE_WRONG_CLUSTER")
+    ident["cluster_checked"] = ("recorded" if recorded is not None else
+                                "signed batches" if ident["signed_clusters"] else
+                                "roster names")
+    return ident
+
+
+def check_restorable(backup: Path, node_id: str, roster, backup_dir: Path | None = None) -> dict:
+    """Everything a node restore checks before it moves a file: the manifest, SQLite's
+    integrity check, and that the backup is this node's of this cluster.  Returns the
+    manifest (``{}`` without one).
+
+    Raises:
+        BackupError: damaged (RESTORE_DAMAGED); RestoreRefused: not this node's.
+    """
+    manifest = verify_backup(backup)
+    check_identity(backup, node_id, roster, backup_dir)
+    return manifest
+
+
+def aside_path(db_path: Path, stamp: str) -> Path:
+    """``<db>.pre-restore-<stamp>``, with a counter when a restore in the same second
+    already used that name (a second restore must never overwrite the first's file)."""
+    n = 0
+    while True:
+        base = db_path.with_name(f"{db_path.name}.pre-restore-{stamp}" + (f".{n}" if n else ""))
+        if not any(Path(str(base) + s).exists() for s in ("", "-wal", "-shm", "-journal")):
+            return base
+        n += 1
+
+
 def restore_file(backup: Path, db_path: Path, stamp: str | None = None) -> list[Path]:
     """Put ``backup`` in place of ``db_path``; no connection to ``db_path`` may be open.
 
@@ -207,10 +367,11 @@ def restore_file(backup: Path, db_path: Path, stamp: str | None = None) -> list[
     _fsync_path(tmp)
     check_database(tmp)
     moved: list[Path] = []
+    base = aside_path(db_path, stamp)
     for suffix in ("", "-wal", "-shm", "-journal"):
         old = Path(str(db_path) + suffix)
         if old.exists():
-            aside = db_path.with_name(f"{db_path.name}.pre-restore-{stamp}{suffix}")
+            aside = Path(str(base) + suffix)
             os.replace(old, aside)
             moved.append(aside)
     os.replace(tmp, db_path)

@@ -98,7 +98,13 @@ def open_store(cfg: NodeConfig, schema: Any, *, epoch: int | None = None):
     if epoch is None and not cfg.db_path.exists():
         epoch = new_epoch()
     cfg.db_path.parent.mkdir(parents=True, exist_ok=True)
-    return Store.open(str(cfg.db_path), schema, cfg.roster, cfg.node_id, epoch=epoch)
+    store = Store.open(str(cfg.db_path), schema, cfg.roster, cfg.node_id, epoch=epoch)
+    try:
+        backups.stamp_cluster(store, cfg.roster.cluster_id)
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def renew_if_behind(store) -> tuple[int, int] | None:
@@ -264,9 +270,11 @@ class NodeContext:
         if self.maintenance:
             raise E.Unavailable(f"the node is busy: {self.maintenance}")
         try:
-            backups.verify_backup(backup)
+            # read only, before replication pauses or a file moves
+            backups.check_restorable(backup, self.cfg.node_id, self.cfg.roster,
+                                     self.cfg.backup_dir)
         except backups.BackupError as e:
-            raise E.BadRequest(str(e), hint=e.hint) from None
+            raise E.restore_refused(e.code, str(e), e.hint) from None
         self.maintenance = f"restoring from {backup.name}"
         agent = self.agent
         try:

@@ -121,6 +121,35 @@ class Unavailable(ApiError):
     hint = "the node's database is busy or being restored; retry in a few seconds"
 
 
+class RestoreRefused(ApiError):
+    """A backup the node will not restore: checked before replication pauses or a file
+    moves, so the live database and the running node are untouched."""
+
+    code = "RESTORE_DAMAGED"
+    status = 400
+    hint = "choose another backup"
+
+
+class RestoreNotNodeDb(RestoreRefused):
+    code = "RESTORE_NOT_NODE_DB"
+
+
+class RestoreWrongNode(RestoreRefused):
+    code = "RESTORE_WRONG_NODE"
+
+
+class RestoreWrongCluster(RestoreRefused):
+    code = "RESTORE_WRONG_CLUSTER"
+
+
+def restore_refused(code: str, message: str, hint: str) -> RestoreRefused:
+    """The refusal for a backup check's code (node/backup.py)."""
+    for cls in (RestoreNotNodeDb, RestoreWrongNode, RestoreWrongCluster):
+        if cls.code == code:
+            return cls(message, hint=hint or None)
+    return RestoreRefused(message, hint=hint or None)
+
+
 class Internal(ApiError):
     code = "INTERNAL"
     status = 500
@@ -143,5 +172,9 @@ ALL_API_ERRORS: tuple[type[ApiError], ...] = (
     ConflictClosed,
     NotFound,
     Unavailable,
+    RestoreRefused,
+    RestoreNotNodeDb,
+    RestoreWrongNode,
+    RestoreWrongCluster,
     Internal,
 )

@@ -1,5 +1,10 @@
 """Restore a node from a backup and start a new node epoch at once.
 
+Nothing is moved before the backup passed every check (``backup.check_restorable``): its
+manifest, SQLite's integrity check, and that it is a database of this node id and this
+cluster.  A refused restore leaves the live database, its head file and a running node
+exactly as they were.
+
 After the files are swapped (``backup.restore_file``) the store begins a new node epoch
 (``Store.begin_epoch``) before anything else can write: new writes never reuse a number
 the node handed out after the backup was taken.  The old epoch's events are left as they
@@ -19,7 +24,7 @@ from riversync.config import NodeConfig
 
 from . import head
 from .agent import META_CHAIN, META_PENDING, keep_restored_pending
-from .backup import restore_file, verify_backup
+from .backup import check_restorable, restore_file
 
 
 def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | None = None) -> dict:
@@ -27,11 +32,16 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
 
     ``hub_url`` is not used: the hub is asked at the node's next hello, not here, so a
     restore works the same with the hub away.
+
+    Raises:
+        BackupError: the backup is damaged, or (``RestoreRefused``) not a database of this
+            node of this cluster; raised before any file is touched.
     """
     from .daemon import new_epoch, open_store
 
     del hub_url
-    carry, unreadable = _own_events_beyond(cfg, schema, backup)
+    manifest = check_restorable(backup, cfg.node_id, cfg.roster, cfg.backup_dir)
+    carry, unreadable = _own_events_beyond(cfg, schema, manifest)
     moved = restore_file(backup, cfg.db_path)
     store = open_store(cfg, schema)
     restored = store.digests()  # what the backup holds, before anything else touches it
@@ -62,7 +72,7 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
     }
 
 
-def _own_events_beyond(cfg: NodeConfig, schema, backup: Path) -> tuple[list, str | None]:
+def _own_events_beyond(cfg: NodeConfig, schema, manifest: dict) -> tuple[list, str | None]:
     """This node's own events in the database about to be put aside that the backup lacks.
 
     Writes taken after the backup (each answered with a 2xx) may not have reached the hub
@@ -78,7 +88,7 @@ def _own_events_beyond(cfg: NodeConfig, schema, backup: Path) -> tuple[list, str
     if not cfg.db_path.exists():
         return [], None
     tops: dict[int, int] = {}
-    for origin, top in (verify_backup(backup).get("events") or {}).items():
+    for origin, top in (manifest.get("events") or {}).items():
         node, _, epoch = str(origin).rpartition("/")
         if node == cfg.node_id:
             tops[int(epoch)] = int(top)

@@ -76,7 +76,7 @@ def cmd_backup(args) -> int:
         raise CommandError(f"no hub store at {cfg.db_path}", "check db_path in hub.toml",
                            exit_code=EXIT_UNAVAILABLE)
     try:
-        head = backup_store(cfg.db_path, args.out)
+        head = backup_store(cfg.db_path, args.out, cfg.roster.cluster_id)
     except (apsw.Error, OSError) as e:
         raise CommandError(f"backup failed: {e}", "check the paths and free space") from None
     _say(args, {"backup": args.out, "head": head},
@@ -87,21 +87,27 @@ def cmd_backup(args) -> int:
 def cmd_restore(args) -> int:
     import apsw
 
+    from riversync.hub.restore_check import HubRestoreRefused
     from riversync.hub.store_sqlite import StoreLockedError, restore_store
 
     cfg = _config(args)
     note = f"{args.backup} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
     try:
-        head = restore_store(args.backup, cfg.db_path, note)
+        head, moved = restore_store(args.backup, cfg.db_path, note, cfg.roster)
     except StoreLockedError as e:
         raise CommandError(str(e), "stop `riversync hub serve` first",
                            exit_code=EXIT_UNAVAILABLE) from None
+    except HubRestoreRefused as e:
+        raise CommandError(f"{e.code}: {e}", e.hint, exit_code=EXIT_CRITICAL) from None
     except (apsw.Error, OSError) as e:
         raise CommandError(f"restore failed: {e}", "check that FILE is a hub backup",
                            exit_code=EXIT_CRITICAL) from None
-    _say(args, {"restored": args.backup, "head": head, "db_path": str(cfg.db_path)},
+    kept = "".join(f"\n  kept the previous file as {p}" for p in moved)
+    _say(args, {"restored": args.backup, "head": head, "db_path": str(cfg.db_path),
+                "moved_aside": [str(p) for p in moved]},
          f"Restored {args.backup} to {cfg.db_path} (head {head}). The next "
-         "`riversync hub serve` starts a new hub epoch; nodes re-pull and re-push from there.")
+         "`riversync hub serve` starts a new hub epoch; nodes re-pull and re-push from there."
+         + kept)
     return 0
 
 

@@ -4,7 +4,9 @@ If the node daemon runs, it does the restore itself (``POST /v1/restore``): it p
 replication, closes the database, swaps the files, starts the new epoch and resumes, so
 nothing writes over the restored file.  Otherwise the command does the same steps with
 the node's lock held.  The old database and any ``-wal``/``-shm`` are moved aside, never
-deleted.
+deleted.  Before either, the backup is checked (manifest, integrity, this node id and
+this cluster); a refusal prints its code (``RESTORE_WRONG_NODE``...) and exits 2 with
+nothing touched.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ def cmd_restore(args) -> int:
         raise CommandError(f"no backup file {backup}", "check the path; `ls` the backup"
                            " folder (backup_dir in the node config)", EXIT_UNAVAILABLE)
     try:
-        backups.verify_backup(backup)
+        # here too, not only in the node: a refused backup must not pause a running node
+        backups.check_restorable(backup, cfg.node_id, cfg.roster, cfg.backup_dir)
     except backups.BackupError as e:
-        raise CommandError(str(e), e.hint, EXIT_CRITICAL) from None
+        raise CommandError(f"{e.code}: {e}", e.hint, EXIT_CRITICAL) from None
     if is_locked(cfg.db_path):
         res = call(client_for(cfg, args.token, 120.0, admin=True).post, "/v1/restore",
                    {"backup": str(backup)})
@@ -51,6 +54,8 @@ def cmd_restore(args) -> int:
             with db_lock(cfg.db_path):
                 res = restore_into_closed(cfg, schema, backup, cfg.hub_url)
                 res.pop("store").close()
+        except backups.BackupError as e:  # the backup changed since the check above
+            raise CommandError(f"{e.code}: {e}", e.hint, EXIT_CRITICAL) from None
         except NodeLocked as e:
             raise CommandError(str(e), "stop the node, or retry so the node restores",
                                EXIT_UNAVAILABLE) from None

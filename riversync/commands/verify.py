@@ -21,8 +21,14 @@ batches), nothing will ever deliver them to the nodes that lack them: that is re
 lost at the hub, naming the origin, the sequence range and the nodes that hold the only
 copies.
 
-Exit codes: 0 consistent, 1 nodes with the same events differ or events are lost at the
-hub, 3 a node or the hub did not answer.
+A node whose pulls the hub refuses with ``CURSOR_PRUNED`` (its cursor is before the hub's
+prune horizon: restored from a backup taken before ``riversync hub prune``) lacks events
+the hub no longer holds.  Waiting will not bring them either, so verify names the node,
+the horizon and what to do, and does not call the cluster consistent.  It reads this from
+the node's own status (the agent stops on that error), not by guessing from cursors.
+
+Exit codes: 0 consistent, 1 nodes with the same events differ, events are lost at the
+hub, or a node cannot get pruned events from the hub, 3 a node or the hub did not answer.
 """
 
 from __future__ import annotations
@@ -132,19 +138,50 @@ def _covers(report: dict, origin: str, first: int, last: int) -> bool:
             and kept[0] <= first and kept[1] >= last)
 
 
-def hub_origins(hub_url: str, timeout_s: float = 15.0) -> tuple[dict[str, int] | None, str]:
-    """What the hub holds of each origin, from its operator status; None and why if the
-    hub cannot tell us."""
+def hub_status(hub_url: str, timeout_s: float = 15.0) -> tuple[dict | None, str]:
+    """The hub's operator status (``GET /v1/status``); None and why if it did not answer."""
     url = hub_url.rstrip("/") + "/v1/status"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             doc = json.loads(resp.read())
     except (urllib.error.URLError, OSError, ValueError) as e:
         return None, f"{url}: {getattr(e, 'reason', e)}"
-    held = doc.get("origins") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict):
+        return None, f"{url} answered, but not with the hub's status"
+    return doc, ""
+
+
+def hub_origins(hub_url: str, timeout_s: float = 15.0,
+                doc: dict | None = None) -> tuple[dict[str, int] | None, str]:
+    """What the hub holds of each origin, from its operator status; None and why if the
+    hub cannot tell us."""
+    why = ""
+    if doc is None:
+        doc, why = hub_status(hub_url, timeout_s)
+        if doc is None:
+            return None, why
+    held = doc.get("origins")
     if not isinstance(held, dict) or not all(isinstance(v, int) for v in held.values()):
-        return None, f"{url} answered, but without the origins it holds (an older hub?)"
+        return None, (f"{hub_url.rstrip('/')}/v1/status answered, but without the origins "
+                      "it holds (an older hub?)")
     return held, ""
+
+
+CURSOR_PRUNED = "CURSOR_PRUNED"
+
+
+def cursor_pruned(client) -> dict | None:
+    """The node's replication error if the hub refused its pulls as before the prune
+    horizon (``code``, ``message``, ``hint``); None otherwise or if it cannot tell."""
+    try:
+        st = client.get("/v1/status")
+    except (NodeUnreachable, NodeRefused):
+        return None
+    err = ((st.get("agent") or {}).get("error") or {}) if isinstance(st, dict) else {}
+    if not isinstance(err, dict) or err.get("code") != CURSOR_PRUNED:
+        return None
+    return {"code": CURSOR_PRUNED, "message": str(err.get("message", "")),
+            "hint": str(err.get("hint", ""))}
 
 
 def _range(e: dict) -> str:
@@ -190,11 +227,19 @@ def cmd_verify(args) -> int:
                 lag[n] = newer_schema_parked(clients[n]) or 0
     result = compare(reports, failed, lag)
     result["unreachable"] = failed
-    held, hub_why = hub_origins(hub_url) if hub_url else (None, "no hub_url")
+    doc, hub_why = hub_status(hub_url) if hub_url else (None, "no hub_url")
+    held = None
+    if doc is not None:
+        held, hub_why = hub_origins(hub_url, doc=doc)
     result["hub_unreachable"] = hub_why or None
     result["beyond_hub"] = beyond_hub(reports, held) if held is not None else None
     lost = result["beyond_hub"]["lost"] if held is not None else []
     result["lost_at_hub"] = bool(lost)
+    pruned = {n: e for n, cl in clients.items() if (e := cursor_pruned(cl)) is not None}
+    result["hub_pruned"] = (doc or {}).get("pruned")
+    result["cursor_pruned"] = pruned
+    if pruned:
+        result["converged"] = False
     if args.json:
         result["nodes"] = {n: {"events": d.get("events"), "state": d.get("state"),
                                "events_digest": events_digest(d.get("events", {}))}
@@ -233,9 +278,15 @@ def cmd_verify(args) -> int:
                   f"#{e['hub_holds']} and {e['origin'].rsplit('/', 1)[0]} itself up to "
                   f"#{e['origin_holds']}. Nothing will deliver these events to the other "
                   "nodes: see 'Events lost at the hub' in docs/how-to/operate.md.")
+        for n, e in pruned.items():
+            print(f"NODE {n} CANNOT GET EVENTS FROM THE HUB: {e['message']}. Try: {e['hint']}")
         if failed:
             print(f"NOT VERIFIED: {', '.join(failed)} did not answer, so nothing can be said "
                   "about convergence.")
+        elif pruned:
+            print(f"NOT CONSISTENT: {', '.join(pruned)} lack(s) events the hub pruned "
+                  "(above); waiting will not help. See 'Restoring after a hub prune' in "
+                  "docs/how-to/operate.md.")
         elif lost:
             print("NOT CONSISTENT: events are lost at the hub (above); waiting will not "
                   "help.")
@@ -247,4 +298,4 @@ def cmd_verify(args) -> int:
             print("Consistent: nodes with the same events agree; some are not caught up yet.")
     if failed or hub_why:
         return EXIT_UNAVAILABLE
-    return 0 if result["consistent"] and not lost else 1
+    return 0 if result["consistent"] and not lost and not pruned else 1

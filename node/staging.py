@@ -1001,19 +1001,20 @@ class Staging:
                 f"batch {batch_id} ({b.source}) was read from a riversync export; applying it "
                 "would write a snapshot back over newer data")
         loads = json.loads
-        staged_op: dict[int, str | None] = {}
         staged = []
+        was_update = set()
         for no, key, op, vals in self.conn.execute(
                 "SELECT row_no, key, op, vals FROM staging_rows WHERE batch_id=?"
                 " AND status='valid' AND excluded=0 ORDER BY row_no", (batch_id,)):
             staged.append(StagedRow(no, loads(vals), key=key))
-            staged_op[no] = op
+            if op == "update":
+                was_update.add(no)
         if not staged:
             raise NothingToApply(f"batch {batch_id} has no included valid rows")
         for i in range(0, len(staged), LIVE_CHUNK):
             check_live_many(rules, staged[i:i + LIVE_CHUNK], live)
-        for row in staged:
-            if staged_op[row.row_no] == "update" and row.op == "create":
+        for row in staged if was_update else ():
+            if row.op == "create" and row.row_no in was_update:
                 # Staged as a change to a live row, it may lack required columns; either
                 # way, re-creating a row someone deleted is not what the file asked for.
                 row.error(rules.key, f"{row.key} no longer exists (deleted since the batch "

@@ -478,7 +478,11 @@ class Agent:
         fact = read_refusal(e, sent_ms)
         if fact is not None:
             r = self.clock.observe(fact.hub_ms, fact.local_ms, e.code, fact.max_drift_ms)
-            queued, newest = await self.db.run(self._queued_newest)
+            try:
+                queued, newest = await self.db.run(self._queued_newest)
+            except apsw.Error as db_err:  # the hub's refusal matters more than our advice
+                log.error("counting the events the hub refused failed: %s", db_err)
+                queued, newest = 0, None
             hint = refusal_hint(e, fact, r.offset_ms, self.clock.max_drift_ms, queued, newest)
             if hint:
                 e.hint = hint

@@ -1038,7 +1038,7 @@ class Staging:
         try:
             with transaction(self.conn, durable=True):
                 events = store.commit_local(changes, user=user, now_ms=stamp,
-                                            source=f"staging:{batch_id}")
+                                            source=_apply_source(batch_id))
                 self.conn.execute(
                     "UPDATE staging_batches SET state=?, reason='', closed_ms=?, closed_by=?, events=?"
                     " WHERE id=? AND state IN (?, ?)",
@@ -1150,6 +1150,18 @@ def to_local_change(rules: TableRules, row: StagedRow):
     key = rules.key
     values = {k: v for k, v in row.values.items() if v is not None and k != key}
     return _LocalChange()(row.op or "create", rules.name, row.key, values)
+
+
+def audit_source(batch_id: int) -> str:
+    """The source the audit shows for the changes of an applied batch: apply passes
+    ``staging:<id>`` and the engine marks every local source with its ``local:`` prefix."""
+    from riversync.engine.store import LOCAL
+
+    return f"{LOCAL}:{_apply_source(batch_id)}"
+
+
+def _apply_source(batch_id: int) -> str:
+    return f"staging:{batch_id}"
 
 
 def _LocalChange():  # noqa: N802 - the engine's class, imported on first use

@@ -247,9 +247,11 @@ def cmd_apply(args) -> int:
                               exclude=exclude),
             f"/v1/staging/{args.id}/apply",
             {"confirm_reimport": args.confirm_reimport, "exclude": exclude})
+    from riversync.node.staging import audit_source
+
     b = res["batch"]
     emit(args, res, [f"applied batch {b['id']}: {b['events']} change(s) written as one "
-                     f"transaction (audit source staging:{b['id']})"])
+                     f"transaction (audit source {audit_source(b['id'])})"])
     return 0
 
 

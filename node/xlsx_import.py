@@ -475,7 +475,10 @@ def _find_header(rows_iter: Iterator[tuple], rules: TableRules, name: str, title
                     colmap[i] = col
             missing = [c.name for c in rules.columns if c.name not in colmap.values()]
             if missing:
-                notes.append(f"the sheet has no column for: {', '.join(missing)}")
+                needed = [c.name for c in rules.columns if c.required and c.name in missing]
+                notes.append(f"the sheet has no column for: {', '.join(missing)}" + (
+                    f" (rows for existing keys keep their values there; new rows need "
+                    f"{', '.join(needed)})" if needed else ""))
             return row_no, colmap, notes
         if seen >= MAX_HEADER_SCAN:
             break

@@ -83,6 +83,9 @@ def test_sheet_leaving_out_a_required_column_updates_the_given_ones(cluster, cap
     # only staff_id and region: full_name is not in the sheet at all
     b = stage(capsys, sheet(tmp_path / "region.xlsx", ("staff_id", "region"),
                             ("S1", "East"), ("S9", "West")))
+    notes = run_json(capsys, "staging", "show", str(b), "-c", "node-north.toml")["batch"]["notes"]
+    assert "the sheet has no column for: full_name (rows for existing keys keep their values " \
+           "there; new rows need full_name)" in notes
     rows = {r["key"]: r for r in rows_of(capsys, b)}
     assert rows["S1"]["status"] == "valid" and rows["S1"]["op"] == "update"
     assert rows["S1"]["errors"] == []

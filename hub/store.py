@@ -122,6 +122,7 @@ class PruneResult:
     upto_seq: int  # the smallest position every node has pulled to (what may go)
     horizon: PruneHorizon | None = None  # after this prune
     held_back_by: tuple[str, ...] = ()  # the nodes standing at upto_seq
+    advanced: bool = False  # this prune moved the horizon (else it deleted nothing)
 
 
 def utc_text(ms: int) -> str:
@@ -134,8 +135,9 @@ def cursor_pruned(after: int, horizon: PruneHorizon, missing: int, first: int) -
     when = utc_text(horizon.pruned_ms)
     return CursorPruned(
         f"cursor {after} is before the hub's prune horizon {horizon.upto_seq} (pruned at "
-        f"{when}): {missing} batch(es) of other nodes from hub sequence {first} on are no "
-        "longer held, so this node cannot get those events from the hub",
+        f"{when}): {missing} batch(es) after it, from hub sequence {first} on, of other nodes "
+        "or of this node's older epochs are no longer held, so this node cannot get those "
+        "events from the hub",
         hint=(f"restore this node from a backup taken after {when} (riversync restore -c "
               "NODE_TOML BACKUP), or, with none, restore the hub from a hub backup taken "
               "before it (riversync hub restore); see 'Restoring after a hub prune' in "

@@ -408,7 +408,7 @@ class SqliteHubStore:
                              "VALUES (?, ?, ?, ?)", (upto, epochs[-1].epoch, now_ms, removed))
             horizon = _horizon(conn)
         return PruneResult(removed_batches=removed, upto_seq=upto, horizon=horizon,
-                           held_back_by=held_back)
+                           held_back_by=held_back, advanced=horizon != before)
 
     def prune_horizon(self) -> PruneHorizon | None:
         return _horizon(self._r())
@@ -425,6 +425,9 @@ def _check_not_pruned(conn: apsw.Connection, node: str, node_epoch: int, after: 
 
     ``hub_chain`` outlives pruning, so it still says whose batches the deleted numbers
     were: a node whose only missing batches are its own (same node epoch) lacks nothing.
+    Its own batches of an older node epoch do count: a node restored from a backup needs
+    them back to prove which of its old events the hub holds (N-EPOCH-4), and to get
+    those the backup lacks.
     """
     horizon = _horizon(conn)
     if horizon is None or after >= horizon.upto_seq:

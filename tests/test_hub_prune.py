@@ -55,6 +55,10 @@ def test_pull_before_the_prune_horizon_is_refused_and_changes_nothing(cluster, t
         for _ in range(5):
             assert hub.post("/v1/push", south.batch(2))[0] == 200
         epoch = hub.status()["hub_epoch"]
+        out = subprocess.run([*RIVERSYNC, "hub", "prune", "-c", str(cluster.hub_config)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "Nothing pruned" in out.stdout
+        assert "east, north, south" in out.stdout  # nobody has pulled: all hold it back
         for node in (north, south, east):
             status, page = pull(hub, node, epoch, 0)
             assert status == 200 and page.cursor == 5
@@ -148,6 +152,7 @@ def test_prune_counts_every_node_where_the_hub_would_serve_it(cluster, tmp_path)
         store.set_cursors([CursorInfo("south", 2, 8, 0), CursorInfo("north", 1, 4, 0)])
         res = store.prune_delivered(["north", "south", "east"], now_ms=1_000)
         assert (res.removed_batches, res.upto_seq, res.held_back_by) == (0, 0, ("east",))
+        assert not res.advanced
         assert store.prune_horizon() is None and store.totals()[0] == 8
 
         store.set_cursors([CursorInfo("east", 99, 8, 0)])  # a hub epoch this hub never had
@@ -156,11 +161,12 @@ def test_prune_counts_every_node_where_the_hub_would_serve_it(cluster, tmp_path)
         store.set_cursors([CursorInfo("east", 1, 8, 0)])  # older epoch: counts up to 6
         res = store.prune_delivered(["north", "south", "east"], now_ms=2_000)
         assert (res.removed_batches, res.upto_seq, res.held_back_by) == (4, 4, ("north",))
+        assert res.advanced
         assert (res.horizon.upto_seq, res.horizon.hub_epoch, res.horizon.pruned_ms) == (4, 2,
                                                                                          2_000)
         store.set_cursors([CursorInfo("north", 2, 2, 0)])  # went back: the horizon does not
         res = store.prune_delivered(["north", "south", "east"], now_ms=3_000)
-        assert res.removed_batches == 0 and res.horizon.upto_seq == 4
+        assert res.removed_batches == 0 and res.horizon.upto_seq == 4 and not res.advanced
         with pytest.raises(CursorPruned):
             store.read_page("north", 1, 2, 100, 1 << 20)
     finally:

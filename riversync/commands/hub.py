@@ -128,20 +128,24 @@ def cmd_prune(args) -> int:
         store.close()
     h = res.horizon
     data = {"removed_batches": res.removed_batches, "upto_seq": res.upto_seq,
-            "held_back_by": list(res.held_back_by),
+            "held_back_by": list(res.held_back_by), "advanced": res.advanced,
             "horizon": {"upto_seq": h.upto_seq, "hub_epoch": h.hub_epoch,
                         "pruned_ms": h.pruned_ms, "pruned_at": utc_text(h.pruned_ms)}
             if h else None}
-    if res.removed_batches or (h and h.upto_seq == res.upto_seq and res.upto_seq):
+    who = ", ".join(res.held_back_by) or "no node"
+    if res.advanced and h is not None:
         text = (f"Removed {res.removed_batches} batches up to hub sequence {res.upto_seq} "
                 f"(every node had pulled them). Prune horizon: {h.upto_seq}, "
                 f"{utc_text(h.pruned_ms)}. A node restored from a backup taken before then "
-                "cannot get these batches from the hub (docs/how-to/operate.md).")
+                "cannot catch up from the hub: see 'Restoring after a hub prune' in "
+                "docs/how-to/operate.md.")
+    elif res.upto_seq == 0:
+        text = (f"Nothing pruned: not pulled yet in this hub's history by {who} (no cursor, "
+                "or one of a hub epoch this hub does not know).")
     else:
-        text = (f"Nothing to prune: {', '.join(res.held_back_by) or 'no node'} stand(s) at hub "
-                f"sequence {res.upto_seq}" + (f", at or below the prune horizon {h.upto_seq}"
-                                               if h else "")
-                + " (a node that never pulled in this hub's history stands at 0).")
+        text = (f"Nothing pruned: the furthest every node has pulled is hub sequence "
+                f"{res.upto_seq} ({who} stand(s) there), and the hub is already pruned up to "
+                f"{h.upto_seq if h else 0}.")
     _say(args, data, text)
     return 0
 

@@ -80,7 +80,7 @@ from riversync.protocol.version import VERSION
 from . import head, relay
 from .db import DbThread
 from .health import NodeMetrics
-from .hubclock import HubClock, read_refusal, refusal_hint
+from .hubclock import HubClock, held_back_now, read_refusal, refusal_hint
 from .transport import HubClient, HubUnreachable
 
 log = logging.getLogger("riversync.node.agent")
@@ -476,6 +476,7 @@ class Agent:
         if e.action != RETRY or isinstance(e, Busy):
             return  # BUSY is load shedding; resync and stop errors have their own handling
         fact = read_refusal(e, sent_ms)
+        held = None
         if fact is not None:
             r = self.clock.observe(fact.hub_ms, fact.local_ms, e.code, fact.max_drift_ms)
             try:
@@ -486,8 +487,12 @@ class Agent:
             hint = refusal_hint(e, fact, r.offset_ms, self.clock.max_drift_ms, queued, newest)
             if hint:
                 e.hint = hint
+            if held_back_now(e, r.offset_ms, self.clock.max_drift_ms, queued, newest):
+                # Events stamped by a clock fixed since: the status words are rebuilt from
+                # these with the queue as it is then (writes keep being taken meanwhile).
+                held = {"newest_hlc": newest, "max_drift_ms": self.clock.max_drift_ms}
         self.refused = {"code": e.code, "request": what, "message": e.message, "hint": e.hint,
-                        "at": time.time()}
+                        "at": time.time(), "held": held}
 
     def _queued_newest(self) -> tuple[int, int | None]:
         """Events waiting for the hub and the newest HLC among them (db thread)."""

@@ -21,6 +21,8 @@ from riversync.config import (
     DEFAULT_WARN_QUEUED_EVENTS,
 )
 
+from .hubclock import held_back
+
 OK = "ok"
 WARNING = "warning"
 CRITICAL = "critical"
@@ -91,10 +93,7 @@ def evaluate(snap: dict, t: Thresholds) -> tuple[str, list[dict]]:
             "refused until it is fixed (NTP); writes already taken are kept")
     refused = agent.get("refused")
     if refused and agent.get("state") != "stopped":
-        queued = snap.get("outbox", 0)
-        add(WARNING, "HUB_REFUSING",
-            f"the hub refused this node's latest {refused.get('request', 'request')} "
-            f"({refused.get('code')}) and {queued} event(s) wait: {refused.get('hint', '')}")
+        add(WARNING, "HUB_REFUSING", _refusal_words(refused, snap, bool(clock.get("ahead"))))
     age = sync_age(snap)
     if age >= t.crit_no_sync_s:
         add(CRITICAL, "NO_SYNC", f"no successful sync for {_duration(age)}")
@@ -211,6 +210,21 @@ class NodeMetrics:
         if clock is not None:
             self.clock_offset.set(clock["offset_ms"] / 1000)
         self.hub_refusing.set(1 if agent.get("refused") else 0)
+
+
+def _refusal_words(refused: dict, snap: dict, ahead: bool) -> str:
+    """The HUB_REFUSING message, with the queue as it is now (the agent's words were made
+    at the refusal, and writes may have been taken since)."""
+    queued = snap.get("outbox", 0)
+    head = (f"the hub refused this node's latest {refused.get('request', 'request')} "
+            f"({refused.get('code')})")
+    held = refused.get("held")
+    if held and not ahead:
+        return f"{head}: " + held_back(queued, held["newest_hlc"], int(snap["now"] * 1000),
+                                       held["max_drift_ms"])
+    if ahead:
+        return f"{head} because this node's clock is ahead (CLOCK_AHEAD); {queued} event(s) wait"
+    return f"{head} and {queued} event(s) wait: {refused.get('hint', '')}"
 
 
 def _duration(seconds: float) -> str:

@@ -192,15 +192,23 @@ def held_back(queued: int, newest_hlc: int, hub_ms: int, max_drift_ms: int) -> s
             "node's clock agrees with the hub's now, so there is nothing to fix")
 
 
+def held_back_now(err: ProtocolError, offset_ms: int, max_drift_ms: int, queued: int,
+                  newest_hlc: int | None) -> bool:
+    """True when the hub refused events stamped ahead by a clock that agrees with it now."""
+    return (isinstance(err, ClockSkew) and abs(offset_ms) <= max_drift_ms
+            and newest_hlc is not None and queued > 0)
+
+
 def refusal_hint(err: ProtocolError, fact: Refusal, offset_ms: int, max_drift_ms: int,
                  queued: int, newest_hlc: int | None) -> str | None:
     """The hint to give instead of the hub's generic one, or None to keep the hub's."""
+    kept = f"; the {queued} queued event(s) are kept, not lost" if queued else ""
     if offset_ms > max_drift_ms:
         return (f"{ahead_words(offset_ms, max_drift_ms)}: fix it (NTP); until then new writes "
-                f"are refused (503 CLOCK_AHEAD); the {queued} queued event(s) are kept, not lost")
+                f"are refused (503 CLOCK_AHEAD){kept}")
     if offset_ms < -max_drift_ms:
         return (f"this node's clock is {duration(offset_ms)} behind the hub's (the cluster "
-                f"allows {duration(max_drift_ms)}): fix it (NTP); queued events are kept")
-    if isinstance(err, ClockSkew) and newest_hlc is not None and queued:
+                f"allows {duration(max_drift_ms)}): fix it (NTP){kept}")
+    if held_back_now(err, offset_ms, max_drift_ms, queued, newest_hlc):
         return held_back(queued, newest_hlc, fact.hub_ms, max_drift_ms)
     return None

@@ -135,7 +135,23 @@ def test_alert_rules_for_a_refusing_hub_and_a_clock_ahead():
     level, reasons = evaluate(_snap(refused=refused, clock=clock), Thresholds())
     assert level == CRITICAL and [r["code"] for r in reasons] == ["CLOCK_AHEAD", "HUB_REFUSING"]
     assert "24.0 hours ahead" in reasons[0]["message"]
+    assert "3 event(s) wait" in reasons[1]["message"]
     assert evaluate(_snap(clock={**clock, "ahead": False}), Thresholds())[0] == OK
+
+
+def test_held_back_events_are_described_with_the_queue_as_it_is_now():
+    """The refusal was seen with 2 events queued; a write since makes 3: the status counts
+    3, and says when the hub takes them by the time of the status, not of the refusal."""
+    s = _snap()
+    newest = hlc.make(int(s["now"] * 1000) + DAY_MS)
+    refused = {"code": "CLOCK_SKEW", "request": "push", "message": "m", "hint": "2 queued",
+               "at": 0, "held": {"newest_hlc": newest, "max_drift_ms": 300_000}}
+    level, reasons = evaluate(_snap(refused=refused), Thresholds())
+    msg = reasons[0]["message"]
+    accept = hlc.wall(newest) - 300_000
+    assert level == WARNING and "3 queued event(s) are stamped up to" in msg
+    assert f"accepts them from about {hubclock.utc(accept)}, in about 23.9 hours" in msg
+    assert "kept, not lost" in msg and "fix it" not in msg and "fix the clock" not in msg
 
 
 def test_new_codes_and_metrics_are_documented():
@@ -331,7 +347,9 @@ def test_events_stamped_ahead_by_a_clock_fixed_since_warn_with_an_honest_hint(cl
         _, st = await south.call("GET", "/v1/status")
         assert st["level"] == WARNING, st["reasons"]
         assert [r["code"] for r in st["reasons"]] == ["HUB_REFUSING"]
-        assert "kept, not lost" in st["reasons"][0]["message"]
+        words = st["reasons"][0]["message"]
+        assert f"3 queued event(s) are stamped up to {hubclock.utc(newest)}" in words, words
+        assert "kept, not lost" in words
         assert st["outbox"] == 3 and st["last_push_ok"] is None
         assert (await south.call("GET", "/healthz"))[1]["status"] == WARNING
         exit_code, words = await south.riversync_status()

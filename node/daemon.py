@@ -277,19 +277,30 @@ class NodeContext:
             raise E.restore_refused(e.code, str(e), e.hint) from None
         self.maintenance = f"restoring from {backup.name}"
         agent = self.agent
+        failed: E.ApiError | None = None
         try:
             if agent is not None:
                 await agent.stop()
             await self.db.run(self.store.close)
-            result = await self.db.run(restore_into_closed, self.cfg, self.schema, backup,
-                                       agent.hub.base_url if agent else self.cfg.hub_url)
-            self.store = result.pop("store")
+            try:
+                result = await self.db.run(restore_into_closed, self.cfg, self.schema, backup,
+                                           agent.hub.base_url if agent else self.cfg.hub_url)
+                self.store = result.pop("store")
+            except Exception as e:  # noqa: BLE001 - answered below, after reopening
+                # Nothing changed on disk (a refusal, or the swap was undone): serve the
+                # same database again instead of staying closed (every call would be a 500).
+                log.exception("restore from %s failed; reopening the database", backup)
+                self.store = await self.db.run(open_store, self.cfg, self.schema)
+                failed = (E.restore_refused(e.code, str(e), e.hint)
+                          if isinstance(e, backups.BackupError) else E.Internal(str(e)))
         finally:
             self.maintenance = None
         if agent is not None:
             self.agent = make_agent(self)
             await self.agent.sync_now_quietly(STARTUP_SYNC_TIMEOUT_S)
             self.agent.start()
+        if failed is not None:
+            raise failed
         return result
 
 

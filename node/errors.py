@@ -142,9 +142,13 @@ class RestoreWrongCluster(RestoreRefused):
     code = "RESTORE_WRONG_CLUSTER"
 
 
+class RestoreFailed(RestoreRefused):
+    code = "RESTORE_FAILED"
+
+
 def restore_refused(code: str, message: str, hint: str) -> RestoreRefused:
     """The refusal for a backup check's code (node/backup.py)."""
-    for cls in (RestoreNotNodeDb, RestoreWrongNode, RestoreWrongCluster):
+    for cls in (RestoreNotNodeDb, RestoreWrongNode, RestoreWrongCluster, RestoreFailed):
         if cls.code == code:
             return cls(message, hint=hint or None)
     return RestoreRefused(message, hint=hint or None)
@@ -176,5 +180,6 @@ ALL_API_ERRORS: tuple[type[ApiError], ...] = (
     RestoreNotNodeDb,
     RestoreWrongNode,
     RestoreWrongCluster,
+    RestoreFailed,
     Internal,
 )

@@ -24,7 +24,7 @@ from riversync.config import NodeConfig
 
 from . import head
 from .agent import META_CHAIN, META_PENDING, keep_restored_pending
-from .backup import check_restorable, restore_file
+from .backup import BackupError, check_restorable, restore_file
 
 
 def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | None = None) -> dict:
@@ -35,7 +35,9 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
 
     Raises:
         BackupError: the backup is damaged, or (``RestoreRefused``) not a database of this
-            node of this cluster; raised before any file is touched.
+            node of this cluster; raised before any file is touched.  ``RESTORE_FAILED``:
+            the store would not open the swapped-in file (a safety net behind the checks:
+            the previous files are put back first, so the node can open them again).
     """
     from .daemon import new_epoch, open_store
 
@@ -43,19 +45,30 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
     manifest = check_restorable(backup, cfg.node_id, cfg.roster, cfg.backup_dir)
     carry, unreadable = _own_events_beyond(cfg, schema, manifest)
     moved = restore_file(backup, cfg.db_path)
-    store = open_store(cfg, schema)
-    restored = store.digests()  # what the backup holds, before anything else touches it
-    old_epoch = store.epoch
-    unacked = store.outbox_size()
-    epoch = new_epoch()
-    store.begin_epoch(epoch)
-    # A batch signed before the backup is rebuilt, if still needed, from what the hub holds;
-    # its bytes are kept so that the hub's hashes can prove it held (Agent).
-    keep_restored_pending(store)
-    store.meta_set(META_PENDING, "")
-    store.meta_set(META_CHAIN, "")
-    carried = store.carry_own(carry)
-    head.record(store)  # the restored file is behind the old head: the new epoch is the head
+    store = None
+    try:
+        store = open_store(cfg, schema)
+        restored = store.digests()  # what the backup holds, before anything else touches it
+        old_epoch = store.epoch
+        unacked = store.outbox_size()
+        epoch = new_epoch()
+        store.begin_epoch(epoch)
+        # A batch signed before the backup is rebuilt, if still needed, from what the hub
+        # holds; its bytes are kept so that the hub's hashes can prove it held (Agent).
+        keep_restored_pending(store)
+        store.meta_set(META_PENDING, "")
+        store.meta_set(META_CHAIN, "")
+        carried = store.carry_own(carry)
+        head.record(store)  # the restored file is behind the old head: the new epoch is the head
+    except Exception as e:
+        if store is not None:
+            store.close()
+        put_back(cfg.db_path, moved)
+        code = getattr(e, "code", type(e).__name__)
+        raise BackupError(
+            f"{backup.name} passed the checks but could not be opened as node "
+            f"{cfg.node_id!r}'s database ({code}: {e}); the previous database was put back "
+            "and nothing changed", "choose another backup", code="RESTORE_FAILED") from e
     return {
         "store": store,
         "backup": str(backup),
@@ -70,6 +83,16 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
         "carried_over_events": [[ev.epoch, ev.seq] for ev in carry[:50]],
         "previous_database_unreadable": unreadable,
     }
+
+
+def put_back(db_path: Path, moved: list[Path]) -> None:
+    """Undo a swap: drop the restored copy (the backup itself is untouched) and move the
+    files ``restore_file`` moved aside back to their names, ``-wal`` with its database."""
+    for suffix in ("-wal", "-shm", "-journal", ""):
+        Path(str(db_path) + suffix).unlink(missing_ok=True)
+    for aside in moved:
+        suffix = next((s for s in ("-wal", "-shm", "-journal") if aside.name.endswith(s)), "")
+        aside.replace(Path(str(db_path) + suffix))
 
 
 def _own_events_beyond(cfg: NodeConfig, schema, manifest: dict) -> tuple[list, str | None]:

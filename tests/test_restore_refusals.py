@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import apsw
 import pytest
 from restore_util import RIVERSYNC, add, players, run, running_cluster
 
@@ -218,3 +219,57 @@ def test_hub_restore_refuses_a_node_backup_or_another_clusters_hub(tmp_path):
     moved = [Path(m) for m in json.loads(p.stdout)["moved_aside"]]
     assert moved and moved[0].name.startswith("hub.db.pre-restore-")
     assert moved[0].read_bytes() == before["hub.db"]
+
+
+def unopenable_copy(backup: str, tmp_path: Path) -> Path:
+    """This node's backup, as if taken under a schema file whose content differed under the
+    same version: every check before the swap passes, the store refuses it at open
+    (SCHEMA_CHANGED).  No manifest, as for a backup copied by hand."""
+    bad = tmp_path / "north-edited-schema.db"
+    shutil.copyfile(backup, bad)
+    conn = apsw.Connection(str(bad))
+    with conn:
+        conn.execute("UPDATE _rs_meta SET value = 'another digest' WHERE key = 'schema_digest'")
+    conn.close()
+    return bad
+
+
+def test_a_swapped_in_file_the_store_will_not_open_is_put_back(tmp_path):
+    """The safety net behind the checks: if the store still refuses the file after the
+    swap, the previous files go back and a running node serves them again."""
+    with running_cluster(tmp_path) as c:
+        north_cfg = str(c.node_configs["north"])
+        add(c, "N-1")
+        c.wait_for("north to drain", lambda: c.status("north")["outbox"] == 0, 30)
+        bad = unopenable_copy(run("backup", "-c", north_cfg)["path"], tmp_path)
+        db = c.node_config("north").db_path
+        before = live(c, db)
+        p = cli("restore", "-c", north_cfg, str(bad))
+        assert p.returncode == 2, (p.stdout, p.stderr)
+        assert "RESTORE_FAILED" in p.stderr and "SCHEMA_CHANGED" in p.stderr
+        assert live(c, db) == before  # the same file again, nothing left aside
+        add(c, "N-2")  # the node writes and replicates as before
+        c.wait_for("convergence", c.converged, 30)
+        c.stop("north")
+        files = files_of(db)
+        p = cli("restore", "-c", north_cfg, str(bad))
+        assert p.returncode == 2 and "RESTORE_FAILED" in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr
+        assert files_of(db) == files
+        c.start("north")
+        assert players(c, "north") == {"N-1", "N-2"}
+
+
+def test_two_restores_in_one_second_keep_both_previous_files(tmp_path):
+    db = tmp_path / "north.db"
+    backup = tmp_path / "north-backup.db"
+    for path, value in ((db, "live"), (backup, "backup")):
+        conn = apsw.Connection(str(path))
+        conn.execute("CREATE TABLE t(v); INSERT INTO t VALUES (?)", (value,))
+        conn.close()
+    live_bytes = db.read_bytes()
+    first = backups.restore_file(backup, db, stamp="20270301T100000Z")
+    second = backups.restore_file(backup, db, stamp="20270301T100000Z")
+    assert first != second
+    assert first[0].read_bytes() == live_bytes  # the first restore's copy of the live file
+    assert second[0].read_bytes() == backup.read_bytes()

@@ -271,15 +271,6 @@ async def get_row(request: web.Request) -> web.Response:
     return json_response({"table": table, "pk": pk, "row": row})
 
 
-class ClockAhead(E.ApiError):
-    """This node's clock is ahead of the hub's by more than the cluster allows: an event
-    stamped now would be refused by the hub, so the write is not taken (node.hubclock)."""
-
-    code = "CLOCK_AHEAD"
-    status = 503
-    hint = "fix this computer's clock (NTP); writes are taken again once it agrees with the hub's"
-
-
 def refuse_if_clock_ahead(ctx: Any) -> None:
     """The write guard: while the hub's replies show this node's clock ahead of the hub's by
     more than the cluster's max drift, a local write would be stamped with an HLC the hub
@@ -292,7 +283,7 @@ def refuse_if_clock_ahead(ctx: Any) -> None:
     agent = getattr(ctx, "agent", None)
     info = agent.clock_ahead() if agent is not None else None
     if info is not None:
-        raise ClockAhead(guard_message(info), hint=GUARD_HINT)
+        raise E.ClockAhead(guard_message(info), hint=GUARD_HINT)
 
 
 async def _commit(request: web.Request, changes: list, *, admin: bool) -> web.Response:

@@ -154,6 +154,15 @@ def restore_refused(code: str, message: str, hint: str) -> RestoreRefused:
     return RestoreRefused(message, hint=hint or None)
 
 
+class ClockAhead(ApiError):
+    """This node's clock is ahead of the hub's by more than the cluster allows: an event
+    stamped now would be refused by the hub, so the write is not taken (node.hubclock)."""
+
+    code = "CLOCK_AHEAD"
+    status = 503
+    hint = "fix this computer's clock (NTP); writes are taken again once it agrees with the hub's"
+
+
 class Internal(ApiError):
     code = "INTERNAL"
     status = 500
@@ -176,6 +185,7 @@ ALL_API_ERRORS: tuple[type[ApiError], ...] = (
     ConflictClosed,
     NotFound,
     Unavailable,
+    ClockAhead,
     RestoreRefused,
     RestoreNotNodeDb,
     RestoreWrongNode,

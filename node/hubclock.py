@@ -177,7 +177,8 @@ def guard_message(info: dict) -> str:
 
 
 GUARD_HINT = ("fix this computer's clock (NTP, e.g. `timedatectl set-ntp true`); writes are "
-              "taken again as soon as it agrees with the hub's; nothing was written")
+              "taken again as soon as it agrees with the hub's; nothing was written (if every "
+              "office reports this, the hub's clock is the one behind: fix the hub's)")
 
 
 def held_back(queued: int, newest_hlc: int, hub_ms: int, max_drift_ms: int) -> str:

@@ -169,8 +169,14 @@ BY_CODE: dict[str, type[ProtocolError]] = {cls.code: cls for cls in ALL_ERRORS}
 
 def from_wire(body: dict) -> ProtocolError:
     """Rebuild a typed error from an error response (unknown codes become ProtocolError)."""
-    cls = BY_CODE.get(str(body.get("code")), ProtocolError)
-    err = cls(str(body.get("message", "")))
+    code = str(body.get("code", "PROTOCOL_ERROR"))
+    cls = BY_CODE.get(code, ProtocolError)
+    message = str(body.get("message", ""))
+    # A sender's message is str(error), which starts with its code: keep it once.
+    message = message.removeprefix(f"{code}: ")
     if cls is ProtocolError:
-        err.code = str(body.get("code", "PROTOCOL_ERROR"))
-    return err
+        err = ProtocolError.__new__(ProtocolError)
+        err.code = code
+        ProtocolError.__init__(err, message)
+        return err
+    return cls(message)

@@ -348,6 +348,7 @@ def test_error_replies_carry_code_hint_action_and_status(cls):
     assert 400 <= cls.http_status < 600 and cls.http_status != 500
     back = errors.from_wire(err.to_wire())
     assert type(back) is cls and back.action == cls.action
+    assert str(back) == str(err)  # the code once, as the sender wrote it
 
 
 def test_unknown_error_code_means_stop():
@@ -355,6 +356,7 @@ def test_unknown_error_code_means_stop():
     err = errors.from_wire({"code": "SOMETHING_NEW", "message": "m"})
     assert type(err) is errors.ProtocolError
     assert err.code == "SOMETHING_NEW" and err.action == errors.STOP
+    assert str(err) == "SOMETHING_NEW: m"
 
 
 def test_error_codes_are_unique_and_stable():

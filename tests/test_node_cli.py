@@ -58,3 +58,16 @@ def test_a_bad_config_is_one_line_and_a_hint(tmp_path):
     assert p.returncode == 2
     assert p.stderr.startswith("riversync: ") and "Try: " in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_status_text_says_what_to_do_about_the_last_error():
+    from riversync.commands.status import render
+
+    st = {"node_id": "north", "office": "north", "epoch": 7, "level": "critical", "now": 100.0,
+          "agent": {"state": "stopped", "error": {"code": "CURSOR_PRUNED", "message": "gone",
+                                                  "hint": "restore a newer backup"}},
+          "reasons": [{"level": "critical", "message": "replication stopped",
+                       "code": "SYNC_STOPPED"}]}
+    text = render(st)
+    assert "last error: CURSOR_PRUNED: gone" in text
+    assert "what to do: restore a newer backup" in text

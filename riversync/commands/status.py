@@ -51,6 +51,8 @@ def render(st: dict) -> str:
     if agent.get("error"):
         e = agent["error"]
         lines.append(f"  last error: {e.get('code')}: {e.get('message')}")
+        if e.get("hint"):
+            lines.append(f"  what to do: {e['hint']}")
     for r in st.get("reasons", []):
         lines.append(f"  {r['level'].upper()}: {r['message']} [{r['code']}]")
     return "\n".join(lines)

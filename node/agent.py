@@ -45,7 +45,8 @@ are kept and go out by themselves, or this clock is still wrong).  A reading tha
 this node's clock ahead of the hub's by more than the max drift makes ``clock_ahead``
 refuse local writes (the API answers 503 ``CLOCK_AHEAD``) rather than stamp more events
 the hub must refuse; it never outlives a sane hello, an acknowledged push, an unreachable
-hub or a clock fixed since.
+hub or a clock fixed since.  Such a push refusal does not skip the pull after it: events
+held back by this node's clock may wait a day, the others' changes need not.
 """
 
 from __future__ import annotations
@@ -343,16 +344,30 @@ class Agent:
         await self.prune_relay()  # first: it needs no hub
         if not self._hello_ok.is_set():
             await self.hello()
-        pushed = await self.push_all()
+        pushed, refused = await self._push_before_pull()
         if self._relay_due:
             await self.relay_lost()
         pulled = await self.pull_all(0) if pull else 0
+        if refused is not None:
+            raise refused
         self.attempt = 0
         if self.state != "stopped":
             self.state = "running"
             self.error = None
             self.refused = None
         return {"pushed": pushed, "pulled": pulled}
+
+    async def _push_before_pull(self) -> tuple[int, ProtocolError | None]:
+        """Push; a refusal the agent only retries (``CLOCK_SKEW``, ``STALE_REQUEST``, not
+        ``BUSY``) is returned for the caller to raise after its pull, not raised at once:
+        events held back by this node's own clock must not also stop it receiving the other
+        offices' changes, which may take a day."""
+        try:
+            return await self.push_all(), None
+        except ProtocolError as e:
+            if e.action != RETRY or isinstance(e, Busy):
+                raise
+            return 0, e
 
     async def sync_now(self) -> dict:
         """Push then pull at once (``POST /v1/sync``); also restarts a stopped agent.
@@ -368,11 +383,13 @@ class Agent:
             self._hello_ok.clear()
         try:
             await self.hello()
-            pushed = await self.push_all()
+            pushed, refused = await self._push_before_pull()
             if self._relay_due:
                 await self.relay_lost()
             self._poll_interrupt.set()
             pulled = await self.pull_all(0)
+            if refused is not None:
+                raise refused
         except (HubUnreachable, ApplyFailed) as e:
             self._went_away(e)
             raise

@@ -321,10 +321,17 @@ def test_a_clock_ahead_alarms_and_refuses_writes_until_it_agrees_with_the_hub(cl
 def test_events_stamped_ahead_by_a_clock_fixed_since_warn_with_an_honest_hint(cluster):
     """Writes taken while the clock ran a day ahead; the clock is right again.  The hub
     refuses the push: the status warns (it said OK before), the hint says when the hub
-    takes them and that they are kept, not "fix the clock"; writes are still taken; and
-    "last push never" trips NO_SYNC once ``warn_no_sync_s`` has passed since the start."""
+    takes them and that they are kept, not "fix the clock"; the pull still runs; writes
+    are still taken; and "last push never" trips NO_SYNC once ``warn_no_sync_s`` has
+    passed since the start."""
 
     async def steps(south: ApiNode):
+        north = await ApiNode(cluster, "north").open()
+        try:
+            assert (await north.create("N-1"))[0] == 201
+            assert (await north.agent.sync_now())["pushed"] == 1
+        finally:
+            await north.close()
         ahead = real_ms() + DAY_MS
         events = await south.db.run(
             south.store.commit_local,
@@ -339,6 +346,8 @@ def test_events_stamped_ahead_by_a_clock_fixed_since_warn_with_an_honest_hint(cl
         assert f"accepts them from about {hubclock.utc(newest - 300_000)}" in hint, hint
         assert "kept, not lost" in hint and "fix the clock" not in hint
         assert south.agent.clock_ahead() is None
+        # the refused push does not stop the office from receiving the others' changes
+        assert await south.db.run(south.store.get_row, "players", "N-1") is not None
 
         status, body = await south.create("P-LATER")  # the clock is fine: writes go on
         assert status == 201, body

@@ -46,7 +46,8 @@ class Reading:
     offset_ms: int
     hub_ms: int  # the hub's wall clock then, Unix ms
     local_ms: int  # this node's wall clock then, Unix ms
-    mono_s: float  # this node's monotonic clock then
+    mono_s: float  # this node's monotonic clock when the reading was recorded
+    seen_ms: int  # and its wall clock at that same moment
     source: str  # "hello", "STALE_REQUEST" or "CLOCK_SKEW"
 
 
@@ -104,7 +105,7 @@ class HubClock:
         no margin."""
         if max_drift_ms is not None:
             self.max_drift_ms = max_drift_ms
-        r = Reading(local_ms - hub_ms, hub_ms, local_ms, self.mono_s(), source)
+        r = Reading(local_ms - hub_ms, hub_ms, local_ms, self.mono_s(), self.wall_ms(), source)
         self.last = r
         self._ahead = r if r.offset_ms - max(0, error_ms) > self.max_drift_ms else None
         return r
@@ -117,7 +118,7 @@ class HubClock:
         """A reading's offset carried forward to now: the wall clock's change since the
         reading minus the time that passed (monotonic).  A clock fixed since shows at once."""
         elapsed_ms = (self.mono_s() - r.mono_s) * 1000
-        return round(r.offset_ms + (self.wall_ms() - r.local_ms) - elapsed_ms)
+        return round(r.offset_ms + (self.wall_ms() - r.seen_ms) - elapsed_ms)
 
     def ahead(self) -> dict | None:
         """Why writes must wait now, or None: this clock is more than the max drift ahead of

@@ -116,6 +116,9 @@ def test_the_guard_follows_the_clock_forgets_and_expires():
     assert clock.ahead() is None
     clock.observe(hub_ms=t.wall - 303_000, local_ms=t.wall, source="hello", error_ms=2_000)
     assert clock.ahead()["offset_ms"] == 303_000
+    # a request signed 2 s before its refusal came back: the offset is the one at signing
+    clock.observe(hub_ms=t.wall - 2_000 - DAY_MS, local_ms=t.wall - 2_000, source="STALE_REQUEST")
+    assert clock.ahead()["offset_ms"] == DAY_MS
 
 
 def _snap(**agent) -> dict:

@@ -199,6 +199,9 @@ class _Handlers:
         return _json(await ctx.db.write("staging", run), status=201)
 
     async def apply_batch(self, request, ctx, caller):
+        from .api import refuse_if_clock_ahead  # (api imports this module)
+
+        refuse_if_clock_ahead(ctx)  # an apply is a local write like any other
         bid = _batch_id(request)
         body = await _body(request)
         confirm = _flag(body, "confirm_reimport", False)

@@ -299,6 +299,8 @@ def test_a_clock_ahead_alarms_and_refuses_writes_until_it_agrees_with_the_hub(cl
         assert await south.db.run(south.store.get_row, "players", "P-AHEAD") is None
         assert await south.db.run(south.store.outbox_size) == 0
         assert await south.db.run(south.store.digests) == before
+        status, body = await south.call("POST", "/v1/staging/1/apply", {})
+        assert status == 503 and body["error"]["code"] == "CLOCK_AHEAD", body  # staging too
 
         cluster.stop("hub")  # nothing can be known now: the office keeps working
         assert not await south.agent.sync_now_quietly(WAIT)

@@ -103,8 +103,9 @@ def _fsync_path(path: Path) -> None:
 def check_database(path: Path, *, self_contained: bool = False) -> None:
     """Refuse a file that is not a sound SQLite database.
 
-    With ``self_contained`` the file is also switched out of WAL mode, so it needs no
-    ``-wal`` beside it.
+    With ``self_contained`` the file (a fresh copy of our own) is also switched out of WAL
+    mode, so it needs no ``-wal`` beside it; otherwise it is opened read-only, so checking
+    a backup never changes it (no journal rollback, no checkpoint into it).
 
     Raises:
         BackupError: missing, not SQLite, or failing the integrity check.
@@ -114,7 +115,8 @@ def check_database(path: Path, *, self_contained: bool = False) -> None:
     if path.stat().st_size == 0:
         raise BackupError(f"{path} is empty", "choose another backup")
     try:
-        conn = apsw.Connection(str(path))
+        flags = (apsw.SQLITE_OPEN_READWRITE if self_contained else apsw.SQLITE_OPEN_READONLY)
+        conn = apsw.Connection(str(path), flags=flags)
         try:
             if self_contained:
                 conn.execute("PRAGMA journal_mode=DELETE").fetchall()

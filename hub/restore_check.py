@@ -80,7 +80,7 @@ def check_hub_backup(path: Path, roster) -> dict:
         epochs = 0 if missing else conn.execute("SELECT count(*) FROM hub_epochs").fetchone()[0]
         if missing or not epochs:
             node = _node_of(conn, tables)
-            what = (f"a backup of node {node!r}'s database" if node else
+            what = (f"a node database (of node {node!r})" if node else
                     "not a hub store (" + (f"no table {missing[0]}" if missing else
                                            "no hub epoch") + ")")
             raise HubRestoreRefused(

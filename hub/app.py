@@ -50,7 +50,15 @@ from riversync.protocol.messages import (
 from . import epoch as epochs_mod
 from .metrics import HubMetrics
 from .nonces import NonceBook
-from .store import CursorInfo, HubStore, PruneHorizon, PushItem, PushResult, utc_text
+from .store import (
+    CursorInfo,
+    HubStore,
+    PruneHorizon,
+    PushItem,
+    PushResult,
+    schema_mismatch,
+    utc_text,
+)
 from .verify import Verifier
 from .writer import Writer
 
@@ -161,13 +169,25 @@ class Hub:
         now = now_ms()
         _env, hello = self.open(data, Hello)
         self.fresh_once(hello, now)
+        origins, head, reg = await self._read(self._hello_view, hello)
+        if hello.schema_digest:
+            if reg is None:  # the first node to tell this version registers it
+                reg = await self._read(self.store.register_schema, hello.schema,
+                                       hello.schema_digest, hello.o, now)
+            if reg.digest != hello.schema_digest:
+                # [H-SCHEMA-1] refused before anything is recorded of this hello
+                raise schema_mismatch(hello.o, hello.schema, hello.schema_digest, reg)
         self._node_epoch[hello.o] = hello.e
         cur = self.store.current_epoch()
-        origins = await self._read(self.store.origins_of, hello.o)
-        head = await self._read(self.store.head)
         return reply(HelloReply(v=pversion.VERSION, hub_epoch=cur.epoch,
                                 restore_point=cur.restore_point, hub_time_ms=now, head=head,
                                 origins=origins))
+
+    def _hello_view(self, hello: Hello):
+        """What a hello reply needs, with the registration of the hello's schema version,
+        in one trip to a reader thread: checking the schema costs a hello one lookup."""
+        reg = self.store.schema_registration(hello.schema) if hello.schema_digest else None
+        return self.store.origins_of(hello.o), self.store.head(), reg
 
     async def pull(self, request: web.Request) -> web.Response:
         data = await self.read_body(request)

@@ -15,6 +15,9 @@ touching the HTTP layer.  The rules every implementation must keep:
 - **Envelope bytes are stored as received** and served back unchanged.
 - **Epochs**: the store holds the hub epoch history; a store opened on a restored copy
   starts a new epoch whose restore point is its head (see ``hub/epoch.py``).
+- **Schema registrations are kept with the data**: per schema version, the first digest
+  a node's hello stated (which node, when), so a restart or a backup keeps them.  Only an
+  operator drops one (``riversync hub schemas --forget``).
 - **The prune horizon is kept with the data.**  Every prune records the hub sequence it
   pruned up to (with its hub epoch and time) in the same transaction as the delete, so a
   backup carries exactly the prunes its rows reflect.  ``read_page`` refuses a cursor
@@ -29,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from riversync.protocol.errors import CursorPruned, ProtocolError
+from riversync.protocol.errors import CursorPruned, ProtocolError, SchemaMismatch
 from riversync.protocol.messages import Batch, OriginState
 
 
@@ -125,6 +128,21 @@ class PruneResult:
     advanced: bool = False  # this prune moved the horizon (else it deleted nothing)
 
 
+@dataclass(frozen=True)
+class SchemaRegistration:
+    """The schema digest the hub holds for one schema version: the first a node told it."""
+
+    version: int
+    digest: str  # lowercase hex SHA-256, as the hello carried it
+    node: str  # the node whose hello registered it
+    registered_ms: int
+
+
+def short_digest(digest: str) -> str:
+    """The first 12 hex digits: enough to tell two files apart in a message."""
+    return digest[:12]
+
+
 def utc_text(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
@@ -142,6 +160,24 @@ def cursor_pruned(after: int, horizon: PruneHorizon, missing: int, first: int) -
               "NODE_TOML BACKUP), or, with none, restore the hub from a hub backup taken "
               "before it (riversync hub restore); see 'Restoring after a hub prune' in "
               "docs/how-to/operate.md"))
+
+
+def schema_mismatch(node: str, version: int, digest: str,
+                    reg: SchemaRegistration) -> SchemaMismatch:
+    """The refusal of ``node``'s hello: names both digests, the version and the node that
+    registered the other one, and says which file to fix (any store raises this one)."""
+    when = utc_text(reg.registered_ms)
+    return SchemaMismatch(
+        f"node {node} runs schema version {version} with digest {short_digest(digest)}, but "
+        f"the hub registered digest {short_digest(reg.digest)} for version {version} (first "
+        f"told by node {reg.node} at {when}): the two schema files differ under one version, "
+        "and the offices would judge each other's events by different rules",
+        hint=(f"copy the cluster's schema file (the one node {reg.node} runs) to node {node}, "
+              "then follow 'A schema file that differs between offices' in "
+              "docs/how-to/operate.md; for a file changed on purpose, raise its `version` and "
+              f"roll it out to every office; if node {reg.node}'s file is the wrong one, "
+              f"stop {reg.node}, run `riversync hub schemas --forget {version}` and let a node "
+              "with the right file sync first"))
 
 
 class HubStore(Protocol):
@@ -206,6 +242,26 @@ class HubStore(Protocol):
 
     def prune_horizon(self) -> PruneHorizon | None:
         """The highest prune this store's history holds (None: never pruned)."""
+        ...
+
+    def schema_registration(self, version: int) -> SchemaRegistration | None:
+        """The registration of ``version``, None if no node has told it yet."""
+        ...
+
+    def schema_registrations(self) -> list[SchemaRegistration]:
+        """Every registered schema version, lowest first."""
+        ...
+
+    def register_schema(self, version: int, digest: str, node: str,
+                        now_ms: int) -> SchemaRegistration:
+        """The registration of ``version``: the one held, else ``digest`` as told by
+        ``node``, recorded durably.  Check and insert are one transaction, so of two nodes
+        telling a new version at once exactly one registers and the other is compared."""
+        ...
+
+    def forget_schema(self, version: int) -> SchemaRegistration | None:
+        """Drop the registration of ``version`` (the operator's way out when the first node
+        to tell it had the wrong file); returns what was dropped, None if none was held."""
         ...
 
     def storage_bytes(self) -> int:

@@ -19,6 +19,8 @@ Theory of operation:
   sequence deleted), written in the delete's transaction.  It lives in the database, so a
   hub backup carries the prunes its rows reflect and a restored hub knows what it lacks;
   ``read_page`` checks it in the snapshot it reads from (see ``hub/store.py``).
+- ``hub_schemas``: per schema version, the first digest a node's hello stated (see
+  ``Hub.hello``).  In the database, so it survives a restart and travels in hub backups.
 - Epochs: on open, a restore marker (written by ``restore_store``) or a head watermark
   file that is ahead of the database (a copy restored by hand) starts a new hub epoch
   whose restore point is the restored head.  See docs/reference/hub.md, "Hub epochs".
@@ -51,6 +53,7 @@ from .store import (
     PulledBatch,
     PushItem,
     PushResult,
+    SchemaRegistration,
     cursor_pruned,
 )
 
@@ -84,6 +87,11 @@ CREATE TABLE IF NOT EXISTS hub_origins(
 CREATE TABLE IF NOT EXISTS hub_cursors(
     node TEXT PRIMARY KEY, hub_epoch INTEGER NOT NULL, cursor INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS hub_schemas(
+    version INTEGER PRIMARY KEY,
+    digest TEXT NOT NULL,
+    node TEXT NOT NULL,
+    registered_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS hub_prunes(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     upto INTEGER NOT NULL,
@@ -412,6 +420,39 @@ class SqliteHubStore:
 
     def prune_horizon(self) -> PruneHorizon | None:
         return _horizon(self._r())
+
+    # ---- schema registrations ----------------------------------------------------------
+
+    def schema_registration(self, version: int) -> SchemaRegistration | None:
+        """The registration of ``version`` as a reader sees it (no write lock): a hello
+        whose digest matches needs nothing more, so the common case costs one lookup."""
+        return _registration(self._r(), version)
+
+    def schema_registrations(self) -> list[SchemaRegistration]:
+        rows = self._r().execute("SELECT version, digest, node, registered_ms FROM hub_schemas "
+                                 "ORDER BY version").fetchall()
+        return [SchemaRegistration(*r) for r in rows]
+
+    def register_schema(self, version: int, digest: str, node: str,
+                        now_ms: int) -> SchemaRegistration:
+        with self._wlock, _txn(self._w):
+            self._w.execute("INSERT OR IGNORE INTO hub_schemas(version, digest, node, "
+                            "registered_ms) VALUES (?, ?, ?, ?)", (version, digest, node, now_ms))
+            reg = _registration(self._w, version)
+        assert reg is not None
+        return reg
+
+    def forget_schema(self, version: int) -> SchemaRegistration | None:
+        with self._wlock, _txn(self._w):
+            reg = _registration(self._w, version)
+            self._w.execute("DELETE FROM hub_schemas WHERE version = ?", (version,))
+        return reg
+
+
+def _registration(conn: apsw.Connection, version: int) -> SchemaRegistration | None:
+    row = conn.execute("SELECT version, digest, node, registered_ms FROM hub_schemas "
+                       "WHERE version = ?", (version,)).fetchone()
+    return SchemaRegistration(*row) if row else None
 
 
 def _horizon(conn: apsw.Connection) -> PruneHorizon | None:

@@ -528,8 +528,12 @@ class Agent:
 
     async def hello(self) -> HelloReply:
         sent = self.wall_ms()
+        schema = self.store.schema
+        # [N-SCHEMA-1] the hub compares the digest with the cluster's for this version; a
+        # refusal (SCHEMA_MISMATCH, action stop) stops replication like any stop error.
         body = Hello(v=VERSION, c=self.s.cluster_id, o=self.s.node_id, ts=sent,
-                     e=self.store.epoch, nonce=os.urandom(16))
+                     e=self.store.epoch, nonce=os.urandom(16), schema=schema.version,
+                     schema_digest=schema.digest())  # ~30 us: no cache needed
         reply = await self._ask("hello", self.hub.hello(sign(body, self.key)), sent)
         # The hub read its clock between send and receipt: half the round trip is the error.
         received = self.wall_ms()

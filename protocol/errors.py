@@ -145,6 +145,20 @@ class CursorPruned(ProtocolError):
             "see 'Restoring after a hub prune' in docs/how-to/operate.md")
 
 
+class SchemaMismatch(ProtocolError):
+    """A hello states a schema digest other than the one the hub registered for that
+    schema version (the first one a node told it).  Two offices running one version by
+    different rules would each park the other's events as bad values while both report
+    OK, so the node is refused before it pushes or pulls anything and stops until an
+    operator gives it the cluster's file."""
+
+    code = "SCHEMA_MISMATCH"
+    http_status = 409
+    hint = ("copy the cluster's schema file to this node and follow 'A schema file that "
+            "differs between offices' in docs/how-to/operate.md; for a file changed on "
+            "purpose, raise its `version` and roll it out to every office")
+
+
 ALL_ERRORS: tuple[type[ProtocolError], ...] = (
     Malformed,
     TooLarge,
@@ -162,6 +176,7 @@ ALL_ERRORS: tuple[type[ProtocolError], ...] = (
     UnexpectedMessage,
     Busy,
     CursorPruned,
+    SchemaMismatch,
 )
 
 BY_CODE: dict[str, type[ProtocolError]] = {cls.code: cls for cls in ALL_ERRORS}

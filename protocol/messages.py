@@ -129,11 +129,22 @@ class Batch(Body, frozen=True, tag="batch", kw_only=True):
     events: Annotated[list[AnyEvent], msgspec.Meta(min_length=1, max_length=limits.MAX_EVENTS_PER_BATCH)]
 
 
-class Hello(Body, frozen=True, tag="hello", kw_only=True):
-    """Opens a session: the node states its current epoch and learns what the hub holds."""
+SchemaDigest = Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{64})?$")]
+
+
+class Hello(Body, frozen=True, tag="hello", kw_only=True, omit_defaults=True):
+    """Opens a session: the node states its current epoch and learns what the hub holds.
+
+    Since 1.1 it also states the schema version it runs and that schema's digest, so the
+    hub can refuse an office whose schema file says the same version with other rules
+    (they would park each other's events in silence).  Both default to "not stated", and
+    defaults are left out of the bytes, so a node without a digest sends what 1.0 sent.
+    """
 
     e: U64
     nonce: Nonce
+    schema: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0  # 0: not stated
+    schema_digest: SchemaDigest = ""  # lowercase hex SHA-256; "": not stated (not checked)
 
 
 class Pull(Body, frozen=True, tag="pull", kw_only=True):

@@ -455,12 +455,28 @@ def decode_vectors() -> None:
             expect={"code": cls.code, "http_status": cls.http_status, "action": cls.action})
 
 
+SCHEMA_DIGEST = hashlib.sha256(b"riversync test schema 1").hexdigest()
+
+
+def schema_vectors() -> None:
+    """Since 1.1 a hello states the node's schema version and digest (section 5.3)."""
+    hs = hello(v=(1, 1), schema=1, schema_digest=SCHEMA_DIGEST)
+    add("hello-schema", "open", "A 1.1 hello stating schema version 1 and its digest.",
+        envelope_bytes(codec.encode(hs), v=(1, 1)), expect=ok_open(hs))
+    bad = body_map(hs)
+    bad["schema_digest"] = SCHEMA_DIGEST.upper()
+    add("hello-schema-digest-not-hex", "open",
+        "A schema digest must be 64 lowercase hex digits (or absent).",
+        envelope_bytes(raw_body(bad), v=(1, 1)), expect={"error": "MALFORMED"})
+
+
 def build() -> list[dict]:
     VECTORS.clear()
     open_vectors()
     chain_vectors()
     hlc_vectors()
     decode_vectors()
+    schema_vectors()  # after the rest: vectors added later keep the older files' numbers
     names = [v["name"] for v in VECTORS]
     assert len(names) == len(set(names)), "vector names must be unique"
     return list(VECTORS)
@@ -576,6 +592,9 @@ FIELD_MEANINGS: dict[tuple[str, str], str] = {
     ("Batch", "prev"): "SHA-256 of the previous batch's body bytes; zeros when `n = 1`",
     ("Batch", "events"): "the events, `first`..`last` in order",
     ("Hello", "e"): "sender's current node epoch",
+    ("Hello", "schema"): "schema version the node runs (since 1.1; 0: not stated)",
+    ("Hello", "schema_digest"): "SHA-256 of that schema's rules, lowercase hex (since 1.1; "
+                                "empty: not stated, not checked)",
     ("*", "nonce"): "16 random bytes, never reused",
     ("Pull", "e"): "requester's node epoch (its own origin's batches are not returned)",
     ("Pull", "hub_epoch"): "hub epoch the cursor belongs to (0 before the first pull)",
@@ -663,7 +682,7 @@ def generated_blocks() -> dict[str, str]:
     blocks["chain-table"] = chain_table()
     blocks["chain-diagram"] = "```mermaid\n" + chain.mermaid() + "\n```"
     by_name = {v["name"]: v for v in build()}
-    blocks["example-hello"] = example_block(by_name["hello"], "body")
+    blocks["example-hello"] = example_block(by_name["hello-schema"], "body")
     blocks["example-hello-reply"] = example_block(by_name["reply-hello"], "value")
     return blocks
 

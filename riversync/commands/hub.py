@@ -1,4 +1,5 @@
-"""``riversync hub``: serve the hub, and back up, restore or prune its store."""
+"""``riversync hub``: serve the hub, back up, restore or prune its store, and list or forget
+the schema digests it registered."""
 
 from __future__ import annotations
 
@@ -42,6 +43,20 @@ def register(subparsers) -> None:
     pr.add_argument("-c", "--config", required=True, metavar="HUB_TOML")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(handler=cmd_prune)
+
+    sc = sub.add_parser("schemas", help="list the schema digests the hub registered, or "
+                        "forget one",
+                        description="The hub refuses a node whose schema file states a "
+                        "registered version with another digest (SCHEMA_MISMATCH). Each "
+                        "version is registered by the first node that tells it. If that node "
+                        "had the wrong file, stop it, forget the version here, and let a node "
+                        "with the right file say hello first.")
+    sc.add_argument("-c", "--config", required=True, metavar="HUB_TOML")
+    sc.add_argument("--forget", type=int, metavar="VERSION",
+                    help="drop the registration of this schema version; the next node to "
+                         "say hello with it registers its digest")
+    sc.add_argument("--json", action="store_true")
+    sc.set_defaults(handler=cmd_schemas)
 
 
 def _config(args):
@@ -147,6 +162,48 @@ def cmd_prune(args) -> int:
                 f"{res.upto_seq} ({who} stand(s) there), and the hub is already pruned up to "
                 f"{h.upto_seq if h else 0}.")
     _say(args, data, text)
+    return 0
+
+
+def cmd_schemas(args) -> int:
+    from riversync.hub.server import random_epoch
+    from riversync.hub.store import short_digest, utc_text
+    from riversync.hub.store_sqlite import SqliteHubStore
+
+    cfg = _config(args)
+    if not cfg.db_path.exists():
+        raise CommandError(f"no hub store at {cfg.db_path}", "check db_path in hub.toml",
+                           exit_code=EXIT_UNAVAILABLE)
+    store = SqliteHubStore.open(cfg.db_path, new_epoch=random_epoch(),
+                                now_ms=time.time_ns() // 1_000_000, exclusive=False)
+    try:
+        if args.forget is not None:
+            gone = store.forget_schema(args.forget)
+            if gone is None:
+                known = ", ".join(str(r.version) for r in store.schema_registrations())
+                raise CommandError(f"the hub holds no registration of schema version "
+                                   f"{args.forget}", f"registered versions: {known or 'none'}; "
+                                   "see `riversync hub schemas -c HUB_TOML`")
+        regs = store.schema_registrations()
+    finally:
+        store.close()
+
+    def row(r) -> dict:
+        return {"version": r.version, "digest": r.digest, "node": r.node,
+                "registered_ms": r.registered_ms, "registered_at": utc_text(r.registered_ms)}
+
+    if args.forget is not None:
+        _say(args, {"forgot": row(gone), "schemas": [row(r) for r in regs]},
+             f"Forgot schema version {gone.version} (digest {short_digest(gone.digest)}, "
+             f"registered by node {gone.node} at {utc_text(gone.registered_ms)}). The next "
+             f"node to say hello with version {gone.version} registers its digest: make sure "
+             "it is one with the cluster's file.")
+        return 0
+    lines = [f"version {r.version}: digest {short_digest(r.digest)} (full {r.digest}), "
+             f"registered by node {r.node} at {utc_text(r.registered_ms)}" for r in regs]
+    _say(args, {"schemas": [row(r) for r in regs]},
+         "\n".join(lines) or "No schema registered yet: the first node to say hello "
+         "registers its schema version and digest.")
     return 0
 
 

@@ -84,6 +84,12 @@ class EpochRequired(EngineError):
     hint = "the first open of a database needs a node epoch (random 63-bit integer)"
 
 
+class WrongCluster(EngineError):
+    code = "WRONG_CLUSTER"
+    hint = ("this database belongs to another cluster: check db_path in the node config, or "
+            "restore this node from one of its own backups")
+
+
 class WrongNode(EngineError):
     code = "WRONG_NODE"
     hint = "this database belongs to another node; check the node id in the config"

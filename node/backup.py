@@ -227,9 +227,21 @@ def verify_backup(backup: Path) -> dict:
 
 
 def stamp_cluster(store, cluster_id: str) -> None:
-    """Record the cluster id in the node's database once, so its backups carry it."""
-    if store.meta_get(META_CLUSTER) is None:
+    """Record the cluster id in the node's database once, so its backups carry it; a
+    database stamped by another cluster (a file copied in by hand) is not opened for this
+    one: its events and numbers mean nothing here.
+
+    Raises:
+        WrongCluster: the database belongs to another cluster.
+    """
+    from riversync.engine.errors import WrongCluster
+
+    stored = store.meta_get(META_CLUSTER)
+    if stored is None:
         store.meta_set(META_CLUSTER, cluster_id)
+    elif stored != cluster_id:
+        raise WrongCluster(f"database {store.path} belongs to cluster {stored!r}; this node's "
+                           f"roster is cluster {cluster_id!r}")
 
 
 def read_identity(backup: Path) -> dict:

@@ -110,3 +110,22 @@ def test_offline_apply_over_a_copy_put_back_writes_in_a_new_epoch(cluster, capsy
     finally:
         store.close()
     assert head.read(cfg.db_path) == (new_epoch, 3)
+
+
+def test_a_database_of_another_cluster_is_not_opened(cluster, capsys):
+    """A node database copied in from another cluster: its events and numbers mean nothing
+    here, so offline commands (and the daemon) refuse it, naming both clusters."""
+    from riversync.config import load_node_config
+    from riversync.engine.schema import load_schema
+    from riversync.node import backup, daemon
+
+    cfg = load_node_config(cluster / "node-north.toml")
+    store = daemon.open_store(cfg, load_schema(cluster / "schema.toml"))
+    store.meta_set(backup.META_CLUSTER, "another-cluster")
+    store.close()
+    before = cfg.db_path.read_bytes()
+    for argv in (("staging", "list"), ("backup",)):
+        code, out, err = run(capsys, *argv, "-c", "node-north.toml")
+        assert code == 2, (argv, err)
+        assert "WRONG_CLUSTER" in err and "another-cluster" in err and "Traceback" not in err
+    assert cfg.db_path.read_bytes() == before

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from riversync.cli import EXIT_UNAVAILABLE, CommandError
+from riversync.cli import EXIT_CRITICAL, EXIT_UNAVAILABLE, CommandError
 
 from ._nodecfg import add_config_arg, call, client_for, load
 
@@ -34,6 +34,7 @@ def cmd_backup(args) -> int:
         res = call(client_for(cfg, args.token, 300.0).post, "/v1/backup", {})
         how = "by the running node"
     else:
+        from riversync.engine.errors import EngineError
         from riversync.engine.schema import load_schema
 
         try:
@@ -48,6 +49,8 @@ def cmd_backup(args) -> int:
             raise CommandError(str(e), "retry: the node just started") from None
         except backups.BackupError as e:
             raise CommandError(str(e), e.hint) from None
+        except EngineError as e:  # the database is not this node's (WRONG_NODE, WRONG_CLUSTER)
+            raise CommandError(str(e), e.hint, EXIT_CRITICAL) from None
         how = "from the database file (node not running)"
     if args.json:
         print(json.dumps(res, indent=2))

@@ -148,6 +148,8 @@ def open_node(args, *, admin: bool = False):
                 store.close()
     except daemon.NodeLocked as e:
         raise CommandError(str(e), "try again in a moment", EXIT_UNAVAILABLE) from None
+    except EngineError as e:  # the database is not this node's (WRONG_NODE, WRONG_CLUSTER...)
+        raise CommandError(str(e), e.hint, EXIT_CRITICAL) from None
 
 
 def emit(args, data: dict, lines: list[str]) -> None:

@@ -88,6 +88,7 @@ log = logging.getLogger("riversync.node.agent")
 
 BATCH_MAX_EVENTS = 1000  # events per pushed batch: one hub transaction stays short
 PULL_LIMIT = 100  # batches asked for per pull
+STOP_RECANCEL_S = 0.5  # stop(): a loop still running this long after its cancel gets another
 LONG_POLL_MS = 20_000  # ms a realtime pull waits at the hub; under the hub's 30 s maximum
 BACKOFF_BASE_S = 0.5  # first retry after the hub went away
 BACKOFF_CAP_S = 60.0  # never wait longer than this between retries (also <= sync interval)
@@ -238,13 +239,21 @@ class Agent:
             self._tasks.append(asyncio.create_task(self._poll_loop(), name="riversync-poll"))
 
     async def stop(self) -> None:
+        """Cancel the loops and wait until each has ended.
+
+        A task can absorb a cancel that races what it awaits, so one that is still running
+        after a moment is cancelled again.  ``asyncio.wait`` neither raises a task's own
+        error nor hides a cancel of ``stop()`` itself.
+        """
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+            while not t.done():
+                done, _ = await asyncio.wait({t}, timeout=STOP_RECANCEL_S)
+                if not done:
+                    t.cancel()
+            if not t.cancelled():
+                t.exception()  # retrieved: shutting down, nothing more to do with it
         self._tasks.clear()
         await self.hub.close()
 
@@ -309,7 +318,10 @@ class Agent:
                 except ProtocolError as e:
                     wait = self._protocol_error(e)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancel that lands as the event is set, and stop() would wait for ever.
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

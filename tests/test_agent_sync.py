@@ -384,3 +384,29 @@ def test_after_clock_skew_the_node_keeps_its_events_and_pushes_them_once_in_boun
         asyncio.run(asyncio.wait_for(main(), WAIT))
     finally:
         c.stop_all()
+
+
+def test_stop_ends_a_loop_that_absorbed_its_cancel(hub_only):
+    """On Python 3.11 a cancel that races what a loop awaits can be absorbed (asyncio.wait_for
+    swallows it when the awaited event is set at that moment); stop() must still end."""
+
+    async def stubborn():
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass  # the lost cancel
+        await asyncio.sleep(3600)
+
+    async def main():
+        north = await Node(hub_only, "north").open()
+        try:
+            task = asyncio.ensure_future(stubborn())
+            await asyncio.sleep(0)
+            north.agent._tasks = [task]
+            await asyncio.wait_for(north.agent.stop(), WAIT)
+            assert task.cancelled()
+        finally:
+            await north.db.run(north.store.close)
+            north.db.shutdown()
+
+    asyncio.run(asyncio.wait_for(main(), 2 * WAIT))

@@ -340,6 +340,9 @@ class Hub:
             "storage_bytes_free": free,
             "nodes": nodes,
             "origins": self.origins_held(),
+            "schemas": [{"version": r.version, "digest": r.digest, "node": r.node,
+                         "registered_ms": r.registered_ms}
+                        for r in st.schema_registrations()],
         }
 
     def origins_held(self) -> dict[str, int]:

@@ -206,6 +206,8 @@ def test_the_testers_case_end_to_end_with_node_processes(tmp_path):
         # database having recorded the other file under version 1) a fresh database.
         c.stop("south")
         shutil.copyfile(SCHEMA, wrong)
+        with pytest.raises(RuntimeError, match="SCHEMA_CHANGED"):
+            c.start("south")  # the database holds the other file's digest for version 1
         db = load_node_config(c.node_configs["south"]).db_path
         aside = tmp_path / "south-wrong-file"
         aside.mkdir()

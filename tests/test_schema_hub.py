@@ -86,6 +86,8 @@ def test_the_same_digest_passes_and_the_first_node_registers_it(hub, cluster):
     status, _ = hello(hub, cluster, "south")  # the same file: passes
     assert status == 200
     assert registered(cluster) == {1: (RIGHT, "north")}  # still north's registration
+    [reg] = hub.status()["schemas"]
+    assert (reg["version"], reg["digest"], reg["node"]) == (1, RIGHT, "north")
 
 
 def test_another_digest_under_the_same_version_is_refused_and_changes_nothing(hub, cluster):

@@ -14,10 +14,11 @@ import json
 import os
 import subprocess
 import threading
+import tomllib
 
 import apsw
 import pytest
-from hubproc import RIVERSYNC, HubProcess, TestCluster, decode_reply, store_snapshot
+from hubproc import RIVERSYNC, HubProcess, TestCluster, decode_reply, now_ms, store_snapshot
 
 from riversync.protocol import codec, messages
 from riversync.protocol.errors import SchemaMismatch
@@ -39,8 +40,6 @@ def hub(cluster):
 
 
 def hub_db(cluster):
-    import tomllib
-
     cfg = tomllib.loads(cluster.hub_config.read_text())
     return cluster.hub_config.parent / cfg["db_path"]
 
@@ -181,7 +180,7 @@ def test_the_plain_listing_names_version_digest_and_node(hub, cluster):
 def test_an_older_hello_without_a_digest_still_works_and_registers_nothing(hub, cluster):
     """[H-SCHEMA-1] a 1.0 hello (no schema fields) is not checked; [P-ENC-5]."""
     old = messages.Hello(v=(1, 0), c=cluster.roster.cluster_id, o="south",
-                         ts=__import__("time").time_ns() // 1_000_000, e=3,
+                         ts=now_ms(), e=3,
                          nonce=os.urandom(16))
     raw = codec.encode(old)
     assert b"schema" not in raw  # exactly what a 1.0 node sends
@@ -190,7 +189,7 @@ def test_an_older_hello_without_a_digest_still_works_and_registers_nothing(hub, 
     assert registered(cluster) == {}
     assert hello(hub, cluster, "north")[0] == 200
     old2 = messages.Hello(v=(1, 0), c=cluster.roster.cluster_id, o="south",
-                          ts=__import__("time").time_ns() // 1_000_000, e=3,
+                          ts=now_ms(), e=3,
                           nonce=os.urandom(16))
     assert hub.post("/v1/hello", codec.sign(old2, cluster.keys["south"]))[0] == 200
     assert registered(cluster) == {1: (RIGHT, "north")}

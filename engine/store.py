@@ -880,6 +880,28 @@ class Store:
 # ---------------------------------------------------------------------- helpers
 
 
+def read_identity(conn: apsw.Connection, keys: Iterable[str] = ()) -> dict | None:
+    """Who a node database belongs to, for a file opened read-only (a backup being checked
+    before a restore; ``Store.open`` would migrate and write).
+
+    Returns ``node_id``, ``meta`` (the node-level keys ``keys`` as ``Store.meta_get`` names
+    them; None where unset) and ``nodes`` (every origin it holds events of), or None when
+    the file is not a riversync node database.
+    """
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "_rs_meta" not in tables:
+        return None
+    keys = list(keys)
+    wanted = ["node_id", *("x:" + k for k in keys)]
+    meta = dict(conn.execute(
+        f"SELECT key, value FROM _rs_meta WHERE key IN ({','.join('?' * len(wanted))})",
+        wanted))
+    nodes = ({r[0] for r in conn.execute("SELECT DISTINCT node FROM _rs_origins")}
+             if "_rs_origins" in tables else set())
+    return {"node_id": meta.get("node_id"), "meta": {k: meta.get("x:" + k) for k in keys},
+            "nodes": nodes}
+
+
 def _meta(conn, key):
     for (v,) in conn.execute("SELECT value FROM _rs_meta WHERE key=?", (key,)):
         return v

@@ -43,14 +43,12 @@ SUFFIX = ".db"
 MANIFEST = ".json"
 
 
-# The key (in the engine's ``_rs_meta``, through ``Store.meta_set``) of the cluster id the
-# node recorded; the engine itself records only the node id.
+# The node-level meta key (``Store.meta_set``) of the cluster id the node recorded; the
+# engine itself records only the node id.
 META_CLUSTER = "node.cluster_id"
-# What a riversync node database always holds (written by the engine at its first open).
-ENGINE_META = "_rs_meta"
 RELAY_TABLE = "_node_relay_batches"  # node/relay.py: pulled batches kept as signed
-# Signed envelopes the agent keeps in _rs_meta (hex), beside the relay table's.
-SIGNED_META_KEYS = ("x:agent.push.pending", "x:agent.push.restored")
+# Signed envelopes the agent keeps in its meta keys (hex), beside the relay table's.
+SIGNED_META_KEYS = ("agent.push.pending", "agent.push.restored")
 ENVELOPES_READ = 20  # signed batches read for their cluster id: one disagreeing is enough
 
 
@@ -254,6 +252,7 @@ def read_identity(backup: Path) -> dict:
     Raises:
         BackupError: the file cannot be read as SQLite.
     """
+    from riversync.engine.store import read_identity as engine_identity
     from riversync.protocol import codec
     from riversync.protocol.errors import ProtocolError
     from riversync.protocol.messages import Envelope
@@ -268,14 +267,14 @@ def read_identity(backup: Path) -> dict:
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
         out: dict = {"node_id": None, "cluster_id": None, "signed_clusters": set(),
                      "nodes": set(), "hub": "hub_epochs" in tables and "hub_batches" in tables}
-        if ENGINE_META not in tables:
+        found = engine_identity(conn, (META_CLUSTER, *SIGNED_META_KEYS))
+        if found is None:
             return out
-        meta = dict(conn.execute(
-            f"SELECT key, value FROM {ENGINE_META} WHERE key IN (?, ?, ?, ?)",
-            ("node_id", "x:" + META_CLUSTER, *SIGNED_META_KEYS)))
-        out["node_id"] = meta.get("node_id")
-        out["cluster_id"] = meta.get("x:" + META_CLUSTER)
-        blobs = [bytes.fromhex(str(meta[k])) for k in SIGNED_META_KEYS if meta.get(k)]
+        meta = found["meta"]
+        out["node_id"] = found["node_id"]
+        out["cluster_id"] = meta[META_CLUSTER]
+        out["nodes"] = found["nodes"]
+        blobs = [bytes.fromhex(str(meta[k])) for k in SIGNED_META_KEYS if meta[k]]
         if RELAY_TABLE in tables:
             blobs += [r[0] for r in conn.execute(
                 f"SELECT envelope FROM {RELAY_TABLE} LIMIT ?", (ENVELOPES_READ,))]
@@ -284,8 +283,6 @@ def read_identity(backup: Path) -> dict:
                 out["signed_clusters"].add(codec.decode(bytes(blob), Envelope).c)
             except ProtocolError:
                 continue  # an envelope the agent would refuse says nothing about the cluster
-        if "_rs_origins" in tables:
-            out["nodes"] = {r[0] for r in conn.execute("SELECT DISTINCT node FROM _rs_origins")}
         return out
     except (apsw.Error, ValueError) as e:
         raise BackupError(f"{backup} cannot be read: {e}", "choose another backup") from None

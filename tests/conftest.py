@@ -1,12 +1,18 @@
-"""Shared test setup: Hypothesis profiles.
+"""Shared test setup: Hypothesis profiles, and the one fixture many modules share.
 
 ``fast`` runs under ``make test``; ``soak`` (``make soak``) runs many more examples.  A
 failure either profile finds is pinned with ``@example`` in the test that found it.
 """
 
 import os
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from riversync.node.localcluster import LocalCluster
+
+LEAGUES = Path(__file__).resolve().parent.parent / "examples" / "leagues" / "schema.toml"
 
 settings.register_profile(
     "fast", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -15,3 +21,12 @@ settings.register_profile(
     "soak", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+
+
+@pytest.fixture
+def hub_only(tmp_path):
+    """A cluster of north and south (the leagues schema) with only the hub running, as a
+    process; tests open in-process nodes against it.  Always stopped."""
+    with LocalCluster(tmp_path / "c", ["north", "south"], schema=LEAGUES).create() as c:
+        c.start("hub")
+        yield c

@@ -173,13 +173,8 @@ def test_new_codes_and_metrics_are_documented():
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA).create()
-    try:
-        c.start("hub")
-        yield c
-    finally:
-        c.stop_all()
+def cluster(hub_only):
+    return hub_only
 
 
 class ApiNode:

@@ -55,16 +55,6 @@ class LosesAcks(HubClient):
         return reply
 
 
-@pytest.fixture
-def hub_only(tmp_path):
-    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA).create()
-    try:
-        c.start("hub")
-        yield c
-    finally:
-        c.stop_all()
-
-
 class Node:
     """An in-process node's store and agent, as the daemon wires them."""
 

@@ -86,13 +86,8 @@ T0 = 1_900_000_000_000  # ms; the relay clock of these tests, far from the real 
 
 
 @pytest.fixture
-def hub(tmp_path):
-    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA).create()
-    try:
-        c.start("hub")
-        yield c
-    finally:
-        c.stop_all()
+def hub(hub_only):
+    return hub_only
 
 
 def run(coro):

@@ -92,16 +92,6 @@ class Node:
         self.db.shutdown()
 
 
-@pytest.fixture
-def hub_only(tmp_path):
-    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA).create()
-    try:
-        c.start("hub")
-        yield c
-    finally:
-        c.stop_all()
-
-
 def test_a_node_with_another_file_under_the_same_version_stops_and_sends_nothing(hub_only,
                                                                                    tmp_path):
     """[N-SCHEMA-1] the hello carries the schema's version and digest; SCHEMA_MISMATCH

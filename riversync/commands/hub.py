@@ -126,17 +126,23 @@ def cmd_restore(args) -> int:
     return 0
 
 
-def cmd_prune(args) -> int:
+def _open_existing(cfg):
+    """The hub's store for a command that works beside a running hub (never creates one)."""
     from riversync.hub.server import random_epoch
-    from riversync.hub.store import utc_text
     from riversync.hub.store_sqlite import SqliteHubStore
 
-    cfg = _config(args)
     if not cfg.db_path.exists():
         raise CommandError(f"no hub store at {cfg.db_path}", "check db_path in hub.toml",
                            exit_code=EXIT_UNAVAILABLE)
-    store = SqliteHubStore.open(cfg.db_path, new_epoch=random_epoch(),
-                                now_ms=time.time_ns() // 1_000_000, exclusive=False)
+    return SqliteHubStore.open(cfg.db_path, new_epoch=random_epoch(),
+                               now_ms=time.time_ns() // 1_000_000, exclusive=False)
+
+
+def cmd_prune(args) -> int:
+    from riversync.hub.store import utc_text
+
+    cfg = _config(args)
+    store = _open_existing(cfg)
     try:
         res = store.prune_delivered(sorted(cfg.roster.nodes))
     finally:
@@ -166,16 +172,9 @@ def cmd_prune(args) -> int:
 
 
 def cmd_schemas(args) -> int:
-    from riversync.hub.server import random_epoch
     from riversync.hub.store import short_digest, utc_text
-    from riversync.hub.store_sqlite import SqliteHubStore
 
-    cfg = _config(args)
-    if not cfg.db_path.exists():
-        raise CommandError(f"no hub store at {cfg.db_path}", "check db_path in hub.toml",
-                           exit_code=EXIT_UNAVAILABLE)
-    store = SqliteHubStore.open(cfg.db_path, new_epoch=random_epoch(),
-                                now_ms=time.time_ns() // 1_000_000, exclusive=False)
+    store = _open_existing(_config(args))
     try:
         if args.forget is not None:
             gone = store.forget_schema(args.forget)

@@ -30,8 +30,9 @@ class SchemaError(EngineError):
 class SchemaChanged(SchemaError):
     code = "SCHEMA_CHANGED"
     hint = ("a schema version names one content on every node: put the schema file back as "
-            "it was, or raise its `version` and roll the new file out to every office "
-            "(docs/reference/schema.md)")
+            "it was, or raise its `version` and roll the new file out to every office; if "
+            "this node ran a wrong file and you just put the cluster's in place, run "
+            "`riversync node adopt-schema` (docs/how-to/operate.md)")
 
 
 class UnknownTable(EngineError):

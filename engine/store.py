@@ -78,6 +78,7 @@ ZERO = bytes(32)
 RESEQUENCED = "resequenced"
 VALUED = frozenset((CREATE, UPDATE, RESOLVE))
 LOCAL = "local"
+REFOLD_SLICE = 2_000  # rows folded per step when a schema is adopted: bounds memory
 REMOTE = None  # the journal's source for replicated events
 
 
@@ -216,19 +217,28 @@ class Store:
         # a whole row's values in the table's column order, from a dict (one C call)
         self.row_getters = {n: _row_getter(t) for n, t in schema.tables.items()}
         self._fault = None  # test hook: called with a phase name inside transactions
+        self.refolded_rows: int | None = None  # rows folded again if this open adopted a schema
 
     # ------------------------------------------------------------------ opening
 
     @classmethod
     def open(cls, path, schema: Schema, roster: Roster, node_id: str, *,
              epoch: int | None = None, max_drift_ms: int = _hlc.DEFAULT_MAX_DRIFT_MS,
-             trace: bool = False) -> Store:
+             trace: bool = False, adopt_schema: bool = False) -> Store:
         """Open (creating on first use) the database of node ``node_id``.
+
+        ``adopt_schema``: take ``schema`` even though its content differs from the one this
+        database recorded under the same version (the node ran a wrong file; the operator
+        put the cluster's file in place): the replicated tables are rebuilt and every row
+        is folded again from the journal under ``schema``, in one transaction, so the
+        state is exactly what any node with the cluster's file holds for these events.
+        ``refolded_rows`` says how many rows that was.
 
         Raises:
             WrongNode: the node is not in the roster, or the file belongs to another node.
             EpochRequired: first open without an epoch.
-            SchemaChanged: the schema's content changed but its version did not.
+            SchemaChanged: the schema's content changed but its version did not (and
+                ``adopt_schema`` was not given).
         """
         if roster.office_of_node(node_id) is None:
             raise WrongNode(f"node {node_id!r} is not in the cluster roster")
@@ -249,16 +259,23 @@ class Store:
                 old_version = _meta(conn, "schema_version")
                 old_digest = _meta(conn, "schema_digest")
                 digest = schema.digest()
-                if old_version == schema.version and old_digest not in (None, digest):
+                adopting = old_version == schema.version and old_digest not in (None, digest)
+                if adopting and not adopt_schema:
                     raise SchemaChanged(
                         f"the schema file's content differs from the schema version "
                         f"{schema.version} this database was opened with before; nodes "
                         "judging events by different rules under one version would diverge")
+                if adopting:  # a cache of the journal, folded again below (types may differ)
+                    for name in schema.tables:
+                        conn.execute(f"DROP TABLE IF EXISTS {q(name)}")
                 _ensure_tables(conn, schema)
                 _meta_set(conn, "schema_version", schema.version)
                 _meta_set(conn, "schema_digest", digest)
-            store = cls(conn, str(path), schema, roster, node_id, int(stored_epoch), max_drift_ms)
-            if old_version is not None and (old_version, old_digest) != (schema.version, digest):
+                store = cls(conn, str(path), schema, roster, node_id, int(stored_epoch),
+                            max_drift_ms)
+                if adopting:
+                    store.refolded_rows = store._refold_all()
+            if not adopting and old_version is not None and old_version != schema.version:
                 store._retry_static_parked()
             return store
         except BaseException:
@@ -273,6 +290,17 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _refold_all(self) -> int:
+        """Fold every row again from the journal into the (emptied) replicated tables, a
+        slice of rows at a time; returns how many rows."""
+        self.conn.execute("UPDATE _rs_rows SET live=0")  # nothing is in the tables now
+        keys = [(tbl, pk) for tbl, pk in self.conn.execute("SELECT tbl, pk FROM _rs_rows")]
+        for i in range(0, len(keys), REFOLD_SLICE):
+            ctx = _Apply(self, REMOTE)
+            ctx.slow.update(keys[i:i + REFOLD_SLICE])
+            ctx.finish()
+        return len(keys)
 
     def _retry_static_parked(self) -> None:
         """A schema upgrade may make parked events (unknown table, newer version) valid."""

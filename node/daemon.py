@@ -91,14 +91,17 @@ def is_locked(db_path: Path) -> bool:
         return True
 
 
-def open_store(cfg: NodeConfig, schema: Any, *, epoch: int | None = None):
-    """Open (or create) the node's store; a new database gets a fresh random epoch."""
+def open_store(cfg: NodeConfig, schema: Any, *, epoch: int | None = None,
+               adopt_schema: bool = False):
+    """Open (or create) the node's store; a new database gets a fresh random epoch.
+    ``adopt_schema``: see ``Store.open`` (``riversync node adopt-schema``)."""
     from riversync.engine.store import Store
 
     if epoch is None and not cfg.db_path.exists():
         epoch = new_epoch()
     cfg.db_path.parent.mkdir(parents=True, exist_ok=True)
-    store = Store.open(str(cfg.db_path), schema, cfg.roster, cfg.node_id, epoch=epoch)
+    store = Store.open(str(cfg.db_path), schema, cfg.roster, cfg.node_id, epoch=epoch,
+                       adopt_schema=adopt_schema)
     try:
         backups.stamp_cluster(store, cfg.roster.cluster_id)
     except BaseException:

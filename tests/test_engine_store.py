@@ -226,3 +226,35 @@ def test_nested_transactions_are_savepoints(tmp_path):
     assert db.migrate(conn, [("m1", lambda c: c.execute("CREATE TABLE m (y)"))]) == ["m1"]
     assert db.migrate(conn, [("m1", lambda c: c.execute("CREATE TABLE m (y)"))]) == []
     conn.close()
+
+
+def test_adopting_the_clusters_schema_folds_every_row_again_under_it(tmp_path):
+    """A node that ran a wrong file (same version, other rules) takes the cluster's file:
+    its state becomes exactly what a node with the cluster's file holds for its events."""
+    wrong = {"version": 1, "tables": {"a": {"primary_key": "id", "columns": {
+        "id": "text", "x": "integer", "y": "text"}}}}
+    right = {"version": 1, "tables": {"a": {"primary_key": "id", "columns": {
+        "id": "text", "x": "text", "y": "text"}}}}
+    s = Store.open(tmp_path / "n.db", parse_schema(wrong), roster(), "north", epoch=1)
+    s.commit_local([LocalChange("create", "a", "k1", {"x": 5, "y": "a"}),
+                    LocalChange("create", "a", "k2", {"y": "b"})], user="nora", now_ms=NOW)
+    s.commit_local([LocalChange("update", "a", "k2", {"x": 7})], user="nora", now_ms=NOW + 1)
+    events = s.outbox()
+    s.close()
+    with pytest.raises(SchemaChanged):
+        Store.open(tmp_path / "n.db", parse_schema(right), roster(), "north")
+    s = Store.open(tmp_path / "n.db", parse_schema(right), roster(), "north", adopt_schema=True)
+    try:
+        assert s.refolded_rows == 2
+        types = {r[1]: r[2] for r in s.conn.execute("PRAGMA table_info(a)")}
+        assert types["x"] == "TEXT"  # the table itself follows the adopted file
+        replica = Store.open(tmp_path / "r.db", parse_schema(right), roster(), "east", epoch=2)
+        replica.apply_remote(events, now_ms=NOW + 10)
+        assert s.digests()["tables"] == replica.digests()["tables"]
+        assert s.get_row("a", "k2") == {"id": "k2", "x": None, "y": "b"}  # x=7 fails text
+        assert {p["pk"] for p in s.parked()} == {"k1", "k2"}  # integers where text belongs
+        replica.close()
+    finally:
+        s.close()
+    with Store.open(tmp_path / "n.db", parse_schema(right), roster(), "north") as s:
+        assert s.refolded_rows is None  # adopted once; opens as usual from now on

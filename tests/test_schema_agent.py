@@ -164,7 +164,8 @@ def test_forget_lets_the_office_with_the_right_file_register_and_sync(hub_only, 
 def test_the_testers_case_end_to_end_with_node_processes(tmp_path):
     """South is created from a file with `players.phone` retyped under `version = 1`: its
     status is critical with SCHEMA_MISMATCH and a 'what to do' line, north is untouched;
-    the runbook's fix (the cluster's file, the database started over) converges."""
+    the runbook's fix (the cluster's file, then `riversync node adopt-schema`) converges and
+    keeps the write south took meanwhile."""
     c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA).create()
     wrong = wrong_schema(c.dir)
     update_toml(c.node_configs["south"], schema_path=str(wrong))
@@ -192,20 +193,24 @@ def test_the_testers_case_end_to_end_with_node_processes(tmp_path):
         assert c.status("north")["level"] == "ok"
         assert not [o for o in hub_status(c)["origins"] if o.startswith("south/")]
 
-        # The fix for a node created from the wrong file: the cluster's file, and (its
-        # database having recorded the other file under version 1) a fresh database.
+        # South keeps taking local writes while replication is stopped.
+        c.client("south", "south-clerk").post(
+            "/v1/tables/players/rows", {"pk": "S-1", "values": {"full_name": "s"}})
+        # The fix: the cluster's file, then (the database having recorded the other file
+        # under version 1) adopt it, which folds every row again under it.
         c.stop("south")
         shutil.copyfile(SCHEMA, wrong)
         with pytest.raises(RuntimeError, match="SCHEMA_CHANGED"):
             c.start("south")  # the database holds the other file's digest for version 1
-        db = load_node_config(c.node_configs["south"]).db_path
-        aside = tmp_path / "south-wrong-file"
-        aside.mkdir()
-        for f in db.parent.glob(db.name + "*"):
-            shutil.move(str(f), aside / f.name)
+        p = subprocess.run([*RIVERSYNC, "node", "adopt-schema", "-c",
+                            str(c.node_configs["south"]), "--json"],
+                           capture_output=True, text=True, timeout=WAIT)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["refolded_rows"] >= 1
         c.start("south")
         c.wait_for("convergence", c.converged, WAIT)
         assert c.client("south", "south-clerk").get("/v1/tables/players/rows/N-1")
+        assert c.client("north", "north-clerk").get("/v1/tables/players/rows/S-1")
         assert c.status("south")["level"] == "ok"
     finally:
         c.stop_all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -26,6 +27,20 @@ def register(subparsers) -> None:
                    help="the cluster's schema (default: schema.toml beside roster.toml)")
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     s.set_defaults(handler=cmd_serve)
+    a = sub.add_parser(
+        "adopt-schema",
+        help="take the cluster's schema file after this node ran another one (node stopped)",
+        description="For a node refused with SCHEMA_MISMATCH (its schema file differed from "
+        "the cluster's under the same version) once the cluster's file is in place: rebuild "
+        "the office tables and fold every row again from the journal under that file, in one "
+        "transaction. Events that do not fit it are parked, as at every other office. Run "
+        "it with the node stopped.",
+    )
+    a.add_argument("-c", "--config", required=True, metavar="NODE.toml")
+    a.add_argument("--schema", default=None, metavar="SCHEMA.toml",
+                   help="the cluster's schema (default: schema.toml beside roster.toml)")
+    a.add_argument("--json", action="store_true", help="print the result as JSON")
+    a.set_defaults(handler=cmd_adopt_schema)
 
 
 def cmd_serve(args) -> int:
@@ -52,3 +67,42 @@ def cmd_serve(args) -> int:
         raise CommandError(f"cannot start the node: {e}",
                            f"is port {cfg.listen_port} already in use?", EXIT_UNAVAILABLE) \
             from None
+
+
+def cmd_adopt_schema(args) -> int:
+    from riversync.engine.errors import EngineError
+    from riversync.engine.schema import load_schema
+    from riversync.node import daemon
+
+    cfg = load(args.config)
+    if not cfg.db_path.exists():
+        raise CommandError(f"no database at {cfg.db_path} (db_path in {args.config})",
+                           "check db_path", EXIT_UNAVAILABLE)
+    schema_path = daemon.schema_path_for(cfg, Path(args.schema) if args.schema else None)
+    try:
+        schema = load_schema(schema_path)
+        with daemon.db_lock(cfg.db_path):
+            store = daemon.open_store(cfg, schema, adopt_schema=True)
+            try:
+                res = {"node_id": cfg.node_id, "schema": str(schema_path),
+                       "version": schema.version, "digest": schema.digest(),
+                       "refolded_rows": store.refolded_rows,
+                       "parked": store.stats()["parked"]}
+            finally:
+                store.close()
+    except daemon.NodeLocked as e:
+        raise CommandError(str(e), "stop the node first (adopt-schema runs offline)",
+                           EXIT_UNAVAILABLE) from None
+    except EngineError as e:
+        raise CommandError(str(e), e.hint, exit_code=EXIT_CRITICAL) from None
+    if args.json:
+        print(json.dumps(res, indent=2))
+    elif res["refolded_rows"] is not None:
+        print(f"node {cfg.node_id} now runs schema version {schema.version} "
+              f"({res['digest'][:12]}) from {schema_path}: {res['refolded_rows']} row(s) "
+              f"folded again from the journal; {res['parked']} event(s) parked (they do not "
+              "fit this schema, as at every other office). Start the node.")
+    else:
+        print(f"node {cfg.node_id} already runs this schema ({res['digest'][:12]}); "
+              "nothing to do.")
+    return 0

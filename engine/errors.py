@@ -55,6 +55,12 @@ class BadKey(BadValue):
     hint = "primary keys are non-empty text within the schema's length limit"
 
 
+class RowTooLarge(BadValue):
+    code = "ROW_TOO_LARGE"
+    hint = ("keep one change under 15 MiB encoded (MAX_EVENT_BYTES): store large documents "
+            "outside the database and keep a reference to them")
+
+
 class MissingReference(BadValue):
     code = "MISSING_REFERENCE"
     hint = "create the referenced row first"

@@ -64,6 +64,7 @@ from .errors import (
     NotOwner,
     RowExists,
     RowNotFound,
+    RowTooLarge,
     SchemaChanged,
     UnknownColumn,
     UnknownTable,
@@ -188,6 +189,27 @@ def _row_getter(t: Table):
         one = operator.itemgetter(cols[0])
         return lambda d: (one(d),)
     return operator.itemgetter(*cols)
+
+
+def _check_event_size(ev) -> None:
+    """Refuse an event too long for any batch [N-LIMIT-1]: taken, it could never be
+    pushed and would hold back every later event of this node.  Encoded only when its
+    values could come near the limit (a character is at most 4 bytes of UTF-8).
+
+    Raises:
+        RowTooLarge: naming the row and its size.
+    """
+    values = getattr(ev, "values", None)
+    if not values:
+        return
+    bound = sum(4 * len(v) if type(v) is str else len(v)
+                for v in values.values() if type(v) in (str, bytes))
+    if bound < limits.MAX_EVENT_BYTES - 65536:
+        return
+    size = len(_enc.encode(ev))
+    if size > limits.MAX_EVENT_BYTES:
+        raise RowTooLarge(f"{ev.table} {ev.pk!r}: this change is {size:,} bytes encoded; one "
+                          f"change may be at most {limits.MAX_EVENT_BYTES:,} bytes")
 
 
 def _link(prev: bytes, segment: bytes) -> bytes:
@@ -335,7 +357,7 @@ class Store:
 
         Raises:
             UnknownTable, UnknownColumn, BadValue, BadKey, MissingReference, NotOwner,
-            RowNotFound, RowExists, ConflictNotFound: nothing is changed.
+            RowNotFound, RowExists, ConflictNotFound, RowTooLarge: nothing is changed.
         """
         if not changes:
             return []
@@ -368,6 +390,7 @@ class Store:
                 else:
                     ev = Resolve(**common, conflict=ch.conflict, decision=ch.decision,
                                  values=ev_fields["values"])
+                _check_event_size(ev)
                 events.append(ev)
             _meta_set(self.conn, "last_hlc", last)
             _meta_set(self.conn, f"seq:{self.epoch}", seq)

@@ -4,6 +4,7 @@ They bound memory and CPU per request so that no input can make a daemon hang or
 """
 
 MAX_BLOB_BYTES = 16 * 1024 * 1024  # one signed blob; a 10,000-event batch fits well inside
+MAX_EVENT_BYTES = 15 * 1024 * 1024  # one encoded event: it always fits a one-event batch
 MAX_EVENTS_PER_BATCH = 10_000  # keeps one apply transaction short
 MAX_NAME_CHARS = 64  # node ids, table and column names, users, roles
 MAX_PK_CHARS = 256  # primary key text

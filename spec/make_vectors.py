@@ -656,7 +656,8 @@ def limits_table() -> str:
 
     reasons = dict(re.findall(r"^([A-Z_]+) = [^#\n]*#\s*(.*)$", inspect.getsource(limits), re.M))
     rows = ["| limit | value | error when exceeded | why |", "|---|---|---|---|"]
-    over = {"MAX_BLOB_BYTES": "TOO_LARGE", "MAX_EVENTS_PER_BATCH": "TOO_LARGE"}
+    over = {"MAX_BLOB_BYTES": "TOO_LARGE", "MAX_EVENTS_PER_BATCH": "TOO_LARGE",
+            "MAX_EVENT_BYTES": "refused by the writing node (N-LIMIT-1)"}
     for name in dir(limits):
         if name.isupper():
             err = over.get(name, "MALFORMED")

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
 from riversync.engine.schema import load_schema
+from riversync.node.client import NodeRefused
 from riversync.node.localcluster import LocalCluster
 from riversync.node.xlsx_import import escape_text, unescape_text
 
@@ -203,3 +204,38 @@ def test_a_body_over_the_limit_is_too_large(cluster):
     assert (status, body["error"]["code"]) == (413, "TOO_LARGE")
     assert "32 MiB" in body["error"]["hint"]
     assert snapshot(cluster) == before
+
+
+def test_a_row_too_large_for_any_batch_is_refused_and_sync_goes_on(cluster):
+    """Proves [N-LIMIT-1]: four text columns of 1,000,000 four-byte characters are within
+    every per-value limit but encode to 16 MB, more than one batch may hold.  Taken, that
+    event could never be pushed and would hold back every later write of this office."""
+    c = cluster
+    clerk = c.client("north", "north-clerk")
+    clerk.post("/v1/tables/offices/rows", {"pk": "north", "values": {"name": "North"}})
+    clerk.post("/v1/tables/leagues/rows",
+               {"pk": "L-big", "values": {"office_id": "north", "name": "Big"}})
+    clerk.post("/v1/tables/teams/rows",
+               {"pk": "T-big", "values": {"league_id": "L-big", "name": "Reds"}})
+    before = snapshot(c)
+    huge = "\U0001F600" * 1_000_000
+    body = json.dumps({"values": dict.fromkeys(("name", "coach", "phone", "note"), huge)},
+                      ensure_ascii=False).encode()
+    status, reply = raw(c, "PATCH", "/v1/tables/teams/rows/T-big", body)
+    assert (status, reply["error"]["code"]) == (400, "BAD_VALUE")
+    assert "at most 15,728,640 bytes" in reply["error"]["message"]
+    assert "15 MiB" in reply["error"]["hint"]
+    assert snapshot(c) == before
+    # Three such columns (12 MB) fit; the office keeps replicating after the refusal.
+    status, _ = raw(c, "PATCH", "/v1/tables/teams/rows/T-big", json.dumps(
+        {"values": dict.fromkeys(("coach", "phone", "note"), huge)}, ensure_ascii=False).encode())
+    assert status == 200
+    clerk.request("PATCH", "/v1/tables/teams/rows/T-big", {"values": {"name": "Blues"}})
+
+    def blues_at_south():
+        try:
+            return c.client("south").get("/v1/tables/teams/rows/T-big")["row"]["name"] == "Blues"
+        except NodeRefused:
+            return False
+
+    c.wait_for("T-big at south", blues_at_south, 60)

@@ -18,12 +18,13 @@ from riversync.engine.errors import (
     NotOwner,
     RowExists,
     RowNotFound,
+    RowTooLarge,
     UnknownColumn,
     UnknownTable,
 )
 from riversync.engine.schema import load_schema
 from riversync.engine.store import LocalChange
-from riversync.protocol import codec, hlc
+from riversync.protocol import codec, hlc, limits
 from riversync.protocol.errors import Malformed
 from riversync.protocol.messages import AnyEvent
 
@@ -150,3 +151,19 @@ def test_far_future_clock_is_refused_whole(north):
     with pytest.raises(ClockSkew):
         north.apply_remote([fine, ahead], now_ms=NOW)
     assert _state(north) == before
+
+
+def test_a_change_too_large_for_any_batch_is_refused_and_changes_nothing(north):
+    """Proves [N-LIMIT-1] in the engine: every value is within its own limit, the change
+    is not; three of the four columns fit."""
+    huge = "\U0001F600" * 1_000_000  # 4 MB of UTF-8
+    before = _state(north)
+    with pytest.raises(RowTooLarge) as info:
+        north.commit_local([LocalChange("update", "teams", "T1", dict.fromkeys(
+            ("name", "coach", "phone", "note"), huge))], user="nora", now_ms=NOW + 1000)
+    assert info.value.code == "ROW_TOO_LARGE" and "teams 'T1'" in str(info.value)
+    assert _state(north) == before
+    (ev,) = north.commit_local([LocalChange("update", "teams", "T1", dict.fromkeys(
+        ("coach", "phone", "note"), huge))], user="nora", now_ms=NOW + 1000)
+    assert len(codec.encode(ev)) <= limits.MAX_EVENT_BYTES
+    assert north.get_row("teams", "T1")["coach"] == huge

@@ -55,6 +55,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -103,6 +104,15 @@ META_RESTORED_PENDING = "agent.push.restored"
 # after a relay pass completed [N-RELAY-1]: a restart or a pull that moves the cursor to the
 # new epoch first must not make the node forget that the hub may lack batches it keeps.
 META_RELAY_DUE = "agent.relay.due"
+
+
+# The hub's refusal of a batch over its events-per-batch limit (hub/verify.py) names it.
+_HUB_EVENT_CAP = re.compile(r"the hub takes at most (\d+)")
+
+
+def _wall_of(mono: float | None) -> float | None:
+    """A monotonic instant as Unix time on the wall clock as it reads now."""
+    return None if mono is None else time.time() - (time.monotonic() - mono)
 
 
 @dataclass(frozen=True)
@@ -194,8 +204,11 @@ class Agent:
         self.rng = random.Random()
         self.state = "starting"  # starting | running | backoff | stopped
         self.error: dict | None = None
-        self.last_push_ok: float | None = None
-        self.last_pull_ok: float | None = None
+        # Monotonic instants of the last complete push and pull: a wall clock fixed (or
+        # wrong) since must not make "last push 0 s ago" of a push an hour old, so the
+        # snapshot turns them into Unix time on the wall clock of the moment it is taken.
+        self._push_ok_mono: float | None = None
+        self._pull_ok_mono: float | None = None
         self.last_error_at: float | None = None
         self.hub_epoch: int | None = None
         self.hub_head: int | None = None
@@ -210,6 +223,7 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self._pull_override: tuple[int, int] | None = None
         self.batch_max = settings.batch_max_events
+        self.batch_cap = settings.batch_max_events  # lowered to the hub's events-per-batch
         self.may_renew_epoch = True  # until the first local write or completed hello
         self._relay_due = False  # set when the hub's epoch changed: see relay_lost
         self._relay_due_loaded = False  # read back from META_RELAY_DUE once per start
@@ -279,8 +293,8 @@ class Agent:
             "hub_head": self.hub_head,
             "cursor": list(self.cursor) if self.cursor else None,
             "inbound_lag": lag,
-            "last_push_ok": self.last_push_ok,
-            "last_pull_ok": self.last_pull_ok,
+            "last_push_ok": _wall_of(self._push_ok_mono),
+            "last_pull_ok": _wall_of(self._pull_ok_mono),
             "replay_failures_consecutive": self.replay_failures,
             "realtime": self.s.realtime,
             "diverged": self.diverged[-20:],
@@ -781,19 +795,25 @@ class Agent:
                     break
                 try:
                     await self._ask("push", self.hub.push(data), self.wall_ms())
-                except TooLarge:
+                except TooLarge as e:
                     # The hub refused the batch whole and stored nothing, so these bytes
                     # can be replaced without any risk of a fork: build smaller batches.
                     if self.batch_max <= 1:
                         raise
-                    self.batch_max = max(1, self.batch_max // 2)
+                    cap = _HUB_EVENT_CAP.search(str(e))
+                    if cap:  # the hub's own events-per-batch limit: keep to it from now on
+                        self.batch_cap = max(1, min(self.batch_cap, int(cap.group(1))))
+                    self.batch_max = max(1, min(self.batch_max // 2, self.batch_cap))
                     await self.db.run(self.store.meta_set, META_PENDING, "")
                     log.warning("hub refused a batch as too large; batches now hold at most %d "
                                 "events", self.batch_max)
                     continue
                 total += await self.db.run(self._acked_bytes, data)
                 self.clock.forget()  # the hub took events this clock stamped
-            self.last_push_ok = time.time()
+                # Large rows shrank the batches (bytes): grow back once they pass again.
+                self.batch_max = min(self.batch_cap, self.batch_max * 2)
+            self._push_ok_mono = time.monotonic()
+            self.batch_max = self.batch_cap  # the outbox is empty: the large rows are through
         if total:
             self.metrics.pushed_events.inc(total)
         return total
@@ -943,7 +963,7 @@ class Agent:
                 if not reply.more:
                     break
                 wait_ms = 0
-            self.last_pull_ok = time.time()
+            self._pull_ok_mono = time.monotonic()
         return total
 
     def _settle_own(self, events: list, now: int) -> list[dict]:

@@ -123,7 +123,8 @@ class NodeMetrics:
         r = self.registry = CollectorRegistry()
         p = "riversync_node_"
         self.last_push = Gauge(p + "last_push_success_timestamp_seconds",
-                               "Unix time of the last push the hub acknowledged", registry=r)
+                               "Unix time of the last push that left nothing unacknowledged "
+                               "(or found nothing to send)", registry=r)
         self.last_pull = Gauge(p + "last_pull_success_timestamp_seconds",
                                "Unix time of the last pull that applied completely", registry=r)
         self.sync_age = Gauge(p + "sync_age_seconds",

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -256,7 +257,7 @@ def test_a_relay_that_beats_the_origins_rebuilt_batch_is_adopted_not_a_fork(hub_
     asyncio.run(asyncio.wait_for(main(), 3 * WAIT))
 
 
-def test_a_batch_the_hub_finds_too_large_is_rebuilt_smaller(tmp_path):
+def test_a_batch_the_hub_finds_too_large_is_rebuilt_smaller(tmp_path, caplog):
     from riversync.node.localcluster import update_toml
 
     c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA).create()
@@ -273,6 +274,43 @@ def test_a_batch_the_hub_finds_too_large_is_rebuilt_smaller(tmp_path):
             reply = await north.agent.hello()
             held = {o.epoch: o for o in reply.origins}[north.store.epoch]
             assert held.last_seq == 10 and held.batches >= 3
+            # The hub's events-per-batch limit is kept from now on: no refused batch again.
+            caplog.clear()
+            await north.write(*[f"Q-{i}" for i in range(12)])
+            assert await north.agent.push_all() == 12
+            assert north.agent.batch_max == 4
+            assert "refused a batch as too large" not in caplog.text
+            await north.close()
+
+        asyncio.run(asyncio.wait_for(main(), WAIT))
+    finally:
+        c.stop_all()
+
+
+def test_batches_shrunk_by_large_rows_grow_back_once_they_are_through(tmp_path):
+    """A few large rows make the hub refuse a batch by its bytes; the small writes after
+    them travel in full batches again, not in the shrunk size until a restart."""
+    from riversync.node.localcluster import update_toml
+
+    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA).create()
+    update_toml(c.hub_config, limits={"max_body_bytes": 64 * 1024})
+    try:
+        c.start("hub")
+
+        async def main():
+            north = await Node(c, "north").open()
+            await north.agent.hello()
+            await north.db.run(north.store.commit_local, [
+                LocalChange(kind="create", table="players", pk=f"BIG-{i}",
+                            values={"full_name": "x" * 20_000}) for i in range(8)],
+                user="north-clerk", now_ms=int(time.time() * 1000))
+            assert await north.agent.push_all() == 8
+            assert north.agent.batch_max == 1000  # the large rows are through
+            await north.write(*[f"P-{i}" for i in range(300)])
+            before = {o.epoch: o for o in (await north.agent.hello()).origins}[north.store.epoch]
+            assert await north.agent.push_all() == 300
+            after = {o.epoch: o for o in (await north.agent.hello()).origins}[north.store.epoch]
+            assert after.batches - before.batches == 1, "small rows still sent in tiny batches"
             await north.close()
 
         asyncio.run(asyncio.wait_for(main(), WAIT))

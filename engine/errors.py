@@ -35,6 +35,18 @@ class SchemaChanged(SchemaError):
             "`riversync node adopt-schema` (docs/how-to/operate.md)")
 
 
+class SchemaDowngrade(SchemaError):
+    code = "SCHEMA_DOWNGRADE"
+    hint = ("start the node with the schema file of the newest version it ran, or a later "
+            "one (the cluster's current file): a database never goes back to an older version")
+
+
+class SchemaVersionDiffers(SchemaError):
+    code = "SCHEMA_VERSION_DIFFERS"
+    hint = ("adopt-schema replaces a wrong file under the version this database runs; to move "
+            "to another version, start the node with that version's file (`node serve`)")
+
+
 class UnknownTable(EngineError):
     code = "UNKNOWN_TABLE"
     hint = "use a table the schema declares"

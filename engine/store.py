@@ -66,6 +66,8 @@ from .errors import (
     RowNotFound,
     RowTooLarge,
     SchemaChanged,
+    SchemaDowngrade,
+    SchemaVersionDiffers,
     UnknownColumn,
     UnknownTable,
     WrongNode,
@@ -259,8 +261,11 @@ class Store:
         Raises:
             WrongNode: the node is not in the roster, or the file belongs to another node.
             EpochRequired: first open without an epoch.
-            SchemaChanged: the schema's content changed but its version did not (and
-                ``adopt_schema`` was not given).
+            SchemaChanged: the schema's content differs from what this database ran under
+                the same version (and ``adopt_schema`` was not given).
+            SchemaDowngrade: the schema is older than a version this database ran.
+            SchemaVersionDiffers: ``adopt_schema`` with a version other than the one this
+                database runs.
         """
         if roster.office_of_node(node_id) is None:
             raise WrongNode(f"node {node_id!r} is not in the cluster roster")
@@ -281,7 +286,21 @@ class Store:
                 old_version = _meta(conn, "schema_version")
                 old_digest = _meta(conn, "schema_digest")
                 digest = schema.digest()
-                adopting = old_version == schema.version and old_digest not in (None, digest)
+                # Every version this database ran, with its digest: one start under another
+                # version must not make it forget what an older version's content was.
+                ran = {int(v): d for v, d in json.loads(_meta(conn, "schema_digests") or "{}").items()}
+                if old_version is not None and old_digest is not None:
+                    ran.setdefault(old_version, old_digest)
+                newest = max(ran, default=None)
+                if newest is not None and schema.version < newest:
+                    raise SchemaDowngrade(
+                        f"the schema file is version {schema.version}; this database already "
+                        f"ran version {newest}")
+                if adopt_schema and old_version is not None and schema.version != old_version:
+                    raise SchemaVersionDiffers(
+                        f"the schema file is version {schema.version}; this database runs "
+                        f"version {old_version}")
+                adopting = ran.get(schema.version, digest) != digest
                 if adopting and not adopt_schema:
                     raise SchemaChanged(
                         f"the schema file's content differs from the schema version "
@@ -293,6 +312,9 @@ class Store:
                 _ensure_tables(conn, schema)
                 _meta_set(conn, "schema_version", schema.version)
                 _meta_set(conn, "schema_digest", digest)
+                ran[schema.version] = digest
+                _meta_set(conn, "schema_digests", json.dumps(
+                    {str(v): d for v, d in sorted(ran.items())}))
                 store = cls(conn, str(path), schema, roster, node_id, int(stored_epoch),
                             max_drift_ms)
                 if adopting:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import apsw
 import pytest
 from engine_util import LEAGUES, NOW, Origin, at, open_store, roster
 
 from riversync.engine import db
-from riversync.engine.errors import ConflictNotFound, EpochRequired, SchemaChanged, WrongNode
+from riversync.engine.errors import (
+    ConflictNotFound,
+    EpochRequired,
+    SchemaChanged,
+    SchemaDowngrade,
+    SchemaVersionDiffers,
+    WrongNode,
+)
 from riversync.engine.schema import load_schema, parse_schema
 from riversync.engine.store import LocalChange, Store
 from riversync.protocol import hlc
@@ -185,6 +194,37 @@ def test_a_schema_changed_under_the_same_version_is_refused_and_changes_nothing(
     doc["tables"]["a"]["columns"]["x"] = {"type": "text", "required": True}
     with Store.open(tmp_path / "n.db", parse_schema(doc), roster(), "east") as s:
         assert s.get_row("a", "k") == {"id": "k", "x": "7"}
+
+
+
+def test_a_database_never_forgets_an_older_versions_content_nor_goes_back(tmp_path):
+    """One start under version 2 must not let a changed version 1 file in afterwards, nor
+    any version 1 file: a database that ran version 2 never judges by version 1 again."""
+    v1 = {"version": 1, "tables": {"a": {"primary_key": "id", "columns": {"id": "text",
+                                                                         "x": "text"}}}}
+    v1_changed = {"version": 1, "tables": {"a": {"primary_key": "id", "columns": {
+        "id": "text", "x": "integer"}}}}
+    v2 = {"version": 2, "tables": {"a": {"primary_key": "id", "columns": {
+        "id": "text", "x": "text", "y": "text"}}}}
+    with Store.open(tmp_path / "n.db", parse_schema(v1), roster(), "east", epoch=1) as s:
+        s.apply_remote([Origin("north").create(at("10:00"), "a", "k", {"x": "7"}, "nora")],
+                       now_ms=NOW)
+    with Store.open(tmp_path / "n.db", parse_schema(v2), roster(), "east") as s:
+        before = s.digests()
+    for doc, error in ((v1_changed, SchemaDowngrade), (v1, SchemaDowngrade)):
+        with pytest.raises(error) as e:
+            Store.open(tmp_path / "n.db", parse_schema(doc), roster(), "east")
+        assert e.value.code == "SCHEMA_DOWNGRADE" and "already ran version 2" in str(e.value)
+    with pytest.raises(SchemaDowngrade):
+        Store.open(tmp_path / "n.db", parse_schema(v1), roster(), "east", adopt_schema=True)
+    v3 = dict(v2, version=3)
+    with pytest.raises(SchemaVersionDiffers):  # adopt-schema only replaces a file of v2
+        Store.open(tmp_path / "n.db", parse_schema(v3), roster(), "east", adopt_schema=True)
+    with Store.open(tmp_path / "n.db", parse_schema(v2), roster(), "east") as s:
+        assert s.digests() == before
+        (ran,) = s.conn.execute("SELECT value FROM _rs_meta WHERE key = 'schema_digests'").fetchone()
+        assert json.loads(ran) == {
+            "1": parse_schema(v1).digest(), "2": parse_schema(v2).digest()}
 
 
 def test_backup_is_one_verified_self_contained_file(tmp_path):

@@ -207,6 +207,14 @@ def test_the_testers_case_end_to_end_with_node_processes(tmp_path):
                            capture_output=True, text=True, timeout=WAIT)
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["refolded_rows"] >= 1
+        p = subprocess.run([*RIVERSYNC, "node", "adopt-schema", "-c",
+                            str(c.node_configs["south"])], capture_output=True, text=True,
+                           timeout=WAIT)
+        assert p.returncode == 0 and "nothing was changed" in p.stdout, p.stderr
+        p = subprocess.run([*RIVERSYNC, "node", "adopt-schema", "-c",
+                            str(c.node_configs["south"]), "--schema", str(wrong) + ".missing"],
+                           capture_output=True, text=True, timeout=WAIT)
+        assert p.returncode == 3 and "no schema file" in p.stderr
         c.start("south")
         c.wait_for("convergence", c.converged, WAIT)
         assert c.client("south", "south-clerk").get("/v1/tables/players/rows/N-1")

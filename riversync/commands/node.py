@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     )
     s.add_argument("-c", "--config", required=True, metavar="NODE.toml")
     s.add_argument("--schema", default=None, metavar="SCHEMA.toml",
-                   help="the cluster's schema (default: schema.toml beside roster.toml)")
+                   help="the cluster's schema (default: the config's schema_path, else schema.toml "
+                   "beside roster.toml)")
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     s.set_defaults(handler=cmd_serve)
     a = sub.add_parser(
@@ -38,7 +39,8 @@ def register(subparsers) -> None:
     )
     a.add_argument("-c", "--config", required=True, metavar="NODE.toml")
     a.add_argument("--schema", default=None, metavar="SCHEMA.toml",
-                   help="the cluster's schema (default: schema.toml beside roster.toml)")
+                   help="the cluster's schema (default: the config's schema_path, else schema.toml "
+                   "beside roster.toml)")
     a.add_argument("--json", action="store_true", help="print the result as JSON")
     a.set_defaults(handler=cmd_adopt_schema)
 
@@ -79,6 +81,9 @@ def cmd_adopt_schema(args) -> int:
         raise CommandError(f"no database at {cfg.db_path} (db_path in {args.config})",
                            "check db_path", EXIT_UNAVAILABLE)
     schema_path = daemon.schema_path_for(cfg, Path(args.schema) if args.schema else None)
+    if not schema_path.is_file():
+        raise CommandError(f"no schema file at {schema_path}", "give the cluster's schema file "
+                           "with --schema", EXIT_UNAVAILABLE)
     try:
         schema = load_schema(schema_path)
         with daemon.db_lock(cfg.db_path):
@@ -103,6 +108,6 @@ def cmd_adopt_schema(args) -> int:
               f"folded again from the journal; {res['parked']} event(s) parked (they do not "
               "fit this schema, as at every other office). Start the node.")
     else:
-        print(f"node {cfg.node_id} already runs this schema ({res['digest'][:12]}); "
-              "nothing to do.")
+        print(f"node {cfg.node_id} already runs schema version {schema.version} with this "
+              f"content ({res['digest'][:12]}); nothing was changed.")
     return 0

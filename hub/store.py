@@ -176,8 +176,8 @@ def schema_mismatch(node: str, version: int, digest: str,
               "then follow 'A schema file that differs between offices' in "
               "docs/how-to/operate.md; for a file changed on purpose, raise its `version` and "
               f"roll it out to every office; if node {reg.node}'s file is the wrong one, "
-              f"stop {reg.node}, run `riversync hub schemas --forget {version}` and let a node "
-              "with the right file sync first"))
+              f"stop {reg.node}, run `riversync hub schemas -c hub.toml --forget {version}` "
+              "and let a node with the right file sync first"))
 
 
 class HubStore(Protocol):

@@ -144,7 +144,7 @@ def test_forget_lets_the_office_with_the_right_file_register_and_sync(hub_only, 
         with pytest.raises(SchemaMismatch) as e:
             await north.agent.sync_now()
         assert north.agent.state == "stopped" and "node south" in e.value.message
-        assert "riversync hub schemas --forget 1" in north.agent.error["hint"]
+        assert "riversync hub schemas -c hub.toml --forget 1" in north.agent.error["hint"]
 
         gone = registrations(c, "--forget", "1")["forgot"]
         assert gone["node"] == "south"

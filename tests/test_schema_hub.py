@@ -147,7 +147,7 @@ def test_forget_lets_the_right_file_register(hub, cluster):
     assert hello(hub, cluster, "south", digest=WRONG)[0] == 200
     status, err = hello(hub, cluster, "north", digest=RIGHT)
     assert status == 409 and "node south" in err.message
-    assert "riversync hub schemas --forget 1" in err.hint
+    assert "riversync hub schemas -c hub.toml --forget 1" in err.hint
     code, out = schemas(cluster, "--forget", "1")
     assert code == 0 and out["forgot"]["digest"] == WRONG and out["forgot"]["node"] == "south"
     assert out["schemas"] == []

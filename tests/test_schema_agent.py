@@ -192,6 +192,12 @@ def test_the_testers_case_end_to_end_with_node_processes(tmp_path):
             in p.stdout and "node north" in p.stdout
         assert c.status("north")["level"] == "ok"
         assert not [o for o in hub_status(c)["origins"] if o.startswith("south/")]
+        p = subprocess.run([*RIVERSYNC, "verify", "-c", str(c.node_configs["north"]), "-c",
+                            str(c.node_configs["south"])],
+                           capture_output=True, text=True, timeout=WAIT)
+        assert p.returncode == 1, p.stdout + p.stderr  # waiting will not help
+        assert "REPLICATION STOPPED AT NODE south: SCHEMA_MISMATCH" in p.stdout
+        assert "NOT CONVERGING" in p.stdout
 
         # South keeps taking local writes while replication is stopped.
         c.client("south", "south-clerk").post(
@@ -220,5 +226,8 @@ def test_the_testers_case_end_to_end_with_node_processes(tmp_path):
         assert c.client("south", "south-clerk").get("/v1/tables/players/rows/N-1")
         assert c.client("north", "north-clerk").get("/v1/tables/players/rows/S-1")
         assert c.status("south")["level"] == "ok"
+        p = subprocess.run([*RIVERSYNC, "verify", "-c", str(c.node_configs["south"])],
+                           capture_output=True, text=True, timeout=WAIT)
+        assert p.returncode == 0 and "Only one node was asked" in p.stdout, p.stdout
     finally:
         c.stop_all()

@@ -25,10 +25,13 @@ A node whose pulls the hub refuses with ``CURSOR_PRUNED`` (its cursor is before 
 prune horizon: restored from a backup taken before ``riversync hub prune``) lacks events
 the hub no longer holds.  Waiting will not bring them either, so verify names the node,
 the horizon and what to do, and does not call the cluster consistent.  It reads this from
-the node's own status (the agent stops on that error), not by guessing from cursors.
+the node's own status (the agent stops on that error), not by guessing from cursors.  A node
+whose replication stopped on any other error (a wrong hub or cluster, a schema mismatch, a
+fork) will not catch up either until it is fixed: verify names it and its error too.
 
 Exit codes: 0 consistent, 1 nodes with the same events differ, events are lost at the
-hub, or a node cannot get pruned events from the hub, 3 a node or the hub did not answer.
+hub, a node cannot get pruned events from the hub or its replication stopped, 3 a node or
+the hub did not answer.
 """
 
 from __future__ import annotations
@@ -170,17 +173,20 @@ def hub_origins(hub_url: str, timeout_s: float = 15.0,
 CURSOR_PRUNED = "CURSOR_PRUNED"
 
 
-def cursor_pruned(client) -> dict | None:
-    """The node's replication error if the hub refused its pulls as before the prune
-    horizon (``code``, ``message``, ``hint``); None otherwise or if it cannot tell."""
+def stopped_error(client) -> dict | None:
+    """The node's replication error if its agent stopped on one (``code``, ``message``,
+    ``hint``): CURSOR_PRUNED, WRONG_CLUSTER, SCHEMA_MISMATCH...; None otherwise or if it
+    cannot tell."""
     try:
         st = client.get("/v1/status")
     except (NodeUnreachable, NodeRefused):
         return None
-    err = ((st.get("agent") or {}).get("error") or {}) if isinstance(st, dict) else {}
-    if not isinstance(err, dict) or err.get("code") != CURSOR_PRUNED:
+    agent = (st.get("agent") or {}) if isinstance(st, dict) else {}
+    err = agent.get("error") or {}
+    if not isinstance(err, dict) or not (agent.get("state") == "stopped"
+                                         or err.get("code") == CURSOR_PRUNED):
         return None
-    return {"code": CURSOR_PRUNED, "message": str(err.get("message", "")),
+    return {"code": str(err.get("code", "")), "message": str(err.get("message", "")),
             "hint": str(err.get("hint", ""))}
 
 
@@ -235,10 +241,13 @@ def cmd_verify(args) -> int:
     result["beyond_hub"] = beyond_hub(reports, held) if held is not None else None
     lost = result["beyond_hub"]["lost"] if held is not None else []
     result["lost_at_hub"] = bool(lost)
-    pruned = {n: e for n, cl in clients.items() if (e := cursor_pruned(cl)) is not None}
+    stops = {n: e for n, cl in clients.items() if (e := stopped_error(cl)) is not None}
+    pruned = {n: e for n, e in stops.items() if e["code"] == CURSOR_PRUNED}
+    stopped = {n: e for n, e in stops.items() if e["code"] != CURSOR_PRUNED}
     result["hub_pruned"] = (doc or {}).get("pruned")
     result["cursor_pruned"] = pruned
-    if pruned:
+    result["replication_stopped"] = stopped
+    if stops or len(reports) < 2:
         result["converged"] = False
     if args.json:
         result["nodes"] = {n: {"events": d.get("events"), "state": d.get("state"),
@@ -280,6 +289,9 @@ def cmd_verify(args) -> int:
                   "nodes: see 'Events lost at the hub' in docs/how-to/operate.md.")
         for n, e in pruned.items():
             print(f"NODE {n} CANNOT GET EVENTS FROM THE HUB: {e['message']}. Try: {e['hint']}")
+        for n, e in stopped.items():
+            print(f"REPLICATION STOPPED AT NODE {n}: {e['code']}: {e['message']}. "
+                  f"Try: {e['hint']}")
         if failed:
             print(f"NOT VERIFIED: {', '.join(failed)} did not answer, so nothing can be said "
                   "about convergence.")
@@ -290,12 +302,18 @@ def cmd_verify(args) -> int:
         elif lost:
             print("NOT CONSISTENT: events are lost at the hub (above); waiting will not "
                   "help.")
+        elif stopped:
+            print(f"NOT CONVERGING: replication is stopped at {', '.join(stopped)} (above); "
+                  "waiting will not help until that is fixed.")
         elif hub_why:
             print("NOT VERIFIED: the hub did not answer.")
+        elif len(reports) < 2:
+            print("Only one node was asked: nothing to compare it with (give every node's "
+                  "config with -c).")
         elif result["converged"]:
             print("All nodes hold the same events and the same state: converged.")
         elif result["consistent"]:
             print("Consistent: nodes with the same events agree; some are not caught up yet.")
     if failed or hub_why:
         return EXIT_UNAVAILABLE
-    return 0 if result["consistent"] and not lost and not pruned else 1
+    return 0 if result["consistent"] and not lost and not pruned and not stopped else 1

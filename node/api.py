@@ -92,18 +92,26 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-async def read_json(request: web.Request) -> dict:
-    """The request body as a JSON object.
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def read_json(request: web.Request, fields: tuple[str, ...]) -> dict:
+    """The request body as a JSON object of the endpoint's ``fields``.
+
+    A field the endpoint does not know is refused, not ignored: a misspelt ``admin`` or
+    ``values`` would otherwise change what the write does without a word.
 
     Raises:
-        BadJson: empty, not JSON, or not an object.
+        BadJson: empty, not JSON (NaN and Infinity included), or not an object.
+        BadRequest: a field the endpoint does not take.
     """
     raw = await request.read()
     if not raw:
         raise E.BadJson("the request body is empty; a JSON object is expected")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
         raise E.BadJson(f"the request body is not valid JSON: {e}") from None
     except RecursionError:
         raise E.BadJson("the request body nests arrays or objects too deeply") from None
@@ -115,6 +123,10 @@ async def read_json(request: web.Request) -> dict:
         except UnicodeEncodeError:
             raise E.BadJson("the request body holds a lone surrogate escape (such as"
                             " \\ud800), which is not valid Unicode text") from None
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise E.BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; "
+                           f"{request.method} {request.path} takes {', '.join(fields)}")
     return body
 
 
@@ -201,9 +213,12 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
         if e.status == 404:
             err: E.ApiError = E.NotFound(f"no endpoint {request.method} {request.path}")
         elif e.status == 405:
-            err = E.BadRequest(f"{request.method} is not allowed on {request.path}")
+            err = E.MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
         elif e.status == 413:
             err = E.TooLarge("the request body is too large")
+        elif e.status == 403:  # a static path aiohttp will not serve (a folder)
+            err = E.NotFound(f"no file {request.path}")
+            return json_response(err.to_json(), status=404)
         else:
             raise
         return json_response(err.to_json(), status=e.status)
@@ -304,7 +319,7 @@ async def create_row(request: web.Request) -> web.Response:
     from riversync.engine.store import LocalChange
 
     table = table_arg(request)
-    body = await read_json(request)
+    body = await read_json(request, ("pk", "values", "admin"))
     pk = body.get("pk")
     if pk is not None and not isinstance(pk, str):
         raise E.BadRequest(f"'pk' must be text (the primary key), not {json_type(pk)}",
@@ -321,7 +336,7 @@ async def update_row(request: web.Request) -> web.Response:
     from riversync.engine.store import LocalChange
 
     table = table_arg(request)
-    body = await read_json(request)
+    body = await read_json(request, ("values", "admin"))
     values = values_of(body)
     if not values:
         raise E.BadRequest("'values' names no column to change", field="values")
@@ -345,7 +360,7 @@ async def transfer_row(request: web.Request) -> web.Response:
 
     ctx = ctx_of(request)
     table = table_arg(request)
-    body = await read_json(request)
+    body = await read_json(request, ("owner", "admin"))
     owner = body.get("owner")
     if not isinstance(owner, str) or owner not in ctx.roster.offices:
         raise E.BadValue(f"'owner' must be one of the offices {ctx.roster.offices}",
@@ -382,7 +397,7 @@ async def resolve_conflict(request: web.Request) -> web.Response:
     caller = caller_of(request)
     caller.require(OPERATOR, "resolving a conflict")
     cid = request.match_info["cid"]
-    body = await read_json(request)
+    body = await read_json(request, ("decision", "values", "admin"))
     decision = body.get("decision")
     if decision not in ("accept", "keep", "merge"):
         raise E.BadRequest("'decision' must be 'accept' (take the incoming change), 'keep' "
@@ -452,7 +467,7 @@ async def backup(request: web.Request) -> web.Response:
 async def restore(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     caller_of(request).require(ADMIN, "restoring from a backup")
-    body = await read_json(request)
+    body = await read_json(request, ("backup",))
     path = body.get("backup")
     if not isinstance(path, str) or not path:
         raise E.BadRequest("'backup' (path of a backup file on this machine) is required",

@@ -115,6 +115,12 @@ class NotFound(ApiError):
     hint = "see docs/reference/node-api.md for the endpoints"
 
 
+class MethodNotAllowed(ApiError):
+    code = "METHOD_NOT_ALLOWED"
+    status = 405
+    hint = "see docs/reference/node-api.md for the methods each endpoint takes"
+
+
 class Unavailable(ApiError):
     code = "UNAVAILABLE"
     status = 503
@@ -184,6 +190,7 @@ ALL_API_ERRORS: tuple[type[ApiError], ...] = (
     ConflictNotFound,
     ConflictClosed,
     NotFound,
+    MethodNotAllowed,
     Unavailable,
     ClockAhead,
     RestoreRefused,

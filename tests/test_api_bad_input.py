@@ -90,6 +90,13 @@ BAD_BODIES = [
     ("/v1/tables/players/rows", b'{"pk": "P-u", "values": {"full_name": "\\ud800"}}', 400,
      "BAD_JSON"),
     ("/v1/tables/players/rows", b"[" * 100_000 + b"]" * 100_000, 400, "BAD_JSON"),
+    # A misspelt field is refused, not ignored (here it would drop the admin override).
+    ("/v1/tables/players/rows", b'{"pk": "P-f", "values": {"full_name": "F"}, "admn": true}',
+     400, "BAD_REQUEST"),
+    ("/v1/tables/players/rows", b'{"pk": "P-n", "values": {"full_name": "N", "x": NaN}}',
+     400, "BAD_JSON"),
+    ("/v1/tables/players/rows", b'{"pk": "P-i", "values": {"full_name": -Infinity}}',
+     400, "BAD_JSON"),
     ("/v1/tables/players/rows", b'{"pk": "P-d", "values": ' + b"[" * 100_000 + b"]" * 100_000
      + b"}", 400, "BAD_JSON"),
     ("/v1/staging/1/rows/1", b'{"values": {"full_name": "\\udfff"}}', 400,
@@ -239,3 +246,10 @@ def test_a_row_too_large_for_any_batch_is_refused_and_sync_goes_on(cluster):
             return False
 
     c.wait_for("T-big at south", blues_at_south, 60)
+
+
+def test_a_wrong_method_or_a_static_folder_answers_a_typed_json_error(cluster):
+    status, body = raw(cluster, "POST", "/", b"{}")
+    assert (status, body["error"]["code"]) == (405, "METHOD_NOT_ALLOWED")
+    status, body = raw(cluster, "GET", "/static/")
+    assert (status, body["error"]["code"]) == (404, "NOT_FOUND")

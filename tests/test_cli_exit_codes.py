@@ -61,6 +61,7 @@ def test_a_representative_set_of_commands_exit_by_the_rule(cluster, tmp_path):
         (["ingest", "email", str(tmp_path / "no-folder"), "-c", south], 3),
         (["import", "xlsx", str(xlsx), "--table", "nope", "-c", south], 2),
         (["bench", "replay", "--workdir", str(tmp_path / "nonexist")], 3),
+        (["status", "-c", str(tmp_path / "no-such-node.toml")], 3),
     ]
     for argv, want in cases:
         p = cli(*argv)

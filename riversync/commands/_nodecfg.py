@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from riversync.cli import EXIT_CRITICAL, EXIT_UNAVAILABLE, CommandError
 from riversync.config import ConfigError, load_node_config
 from riversync.node.client import NodeClient, NodeRefused, NodeUnreachable, node_url, token_for
@@ -22,7 +24,11 @@ def load(path: str):
     try:
         return load_node_config(path)
     except ConfigError as e:
-        raise CommandError(str(e), e.hint, exit_code=EXIT_CRITICAL) from None
+        # A config file that is not there is an input that could not be reached (exit 3);
+        # one that is there but wrong is bad input (exit 2).
+        missing = not os.path.exists(path)
+        raise CommandError(str(e), e.hint,
+                           exit_code=EXIT_UNAVAILABLE if missing else EXIT_CRITICAL) from None
 
 
 def client_for(cfg, token: str | None, timeout_s: float = 30.0, *,

@@ -21,7 +21,7 @@ from riversync.config import (
     DEFAULT_WARN_QUEUED_EVENTS,
 )
 
-from .hubclock import held_back
+from .hubclock import duration, held_back
 
 OK = "ok"
 WARNING = "warning"
@@ -229,10 +229,5 @@ def _refusal_words(refused: dict, snap: dict, ahead: bool) -> str:
 
 
 def _duration(seconds: float) -> str:
-    """Plain words for an age: whole seconds below two minutes, then minutes, then hours."""
-    if seconds < 120:
-        n = int(seconds)
-        return f"{n} second" + ("" if n == 1 else "s")
-    if seconds < 2 * 3600:
-        return f"{int(seconds // 60)} minutes"
-    return f"{seconds / 3600:.1f} hours"
+    """Plain words for a span, the same words as the clock guard's (one rounding)."""
+    return duration(seconds * 1000)

@@ -158,7 +158,7 @@ def duration(ms: float) -> str:
     """Plain words for a span: seconds, minutes, hours or days."""
     s = abs(ms) / 1000
     if s < 120:
-        return f"{s:.0f} seconds"
+        return f"{s:.0f} second" + ("" if round(s) == 1 else "s")
     if s < 2 * 3600:
         return f"{s / 60:.0f} minutes"
     if s < 2 * 86400:

@@ -53,7 +53,7 @@ def test_a_different_message_under_a_reused_message_id_is_staged_and_flagged(clu
     assert code == 0, err
     assert "1 staged, 0 already staged" in out
     assert "flags reused_message_id" in out
-    assert f"a different message with it is batch {first}" in out
+    assert f"a different message under it is batch {first}; review both" in out
     listed = json.loads(run(capsys, "staging", "list", "-c", "node-north.toml", "--json")[1])
     second = max(b["id"] for b in listed["batches"])
     shown = json.loads(run(capsys, "staging", "show", str(second), "-c", "node-north.toml",
@@ -66,6 +66,14 @@ def test_a_different_message_under_a_reused_message_id_is_staged_and_flagged(clu
     assert code == 0, err
     assert sorted(os.listdir(cluster / "drop" / "processed")) == [
         "reused-id-first.eml", "reused-id-redelivered.eml", "reused-id-second.eml"]
+    # A third different message under the same Message-ID names both earlier batches.
+    third = (cluster / "drop" / "reused-id-third.eml")
+    with open(os.path.join(DATA, "reused-id-second.eml"), "rb") as f:
+        third.write_bytes(f.read().replace(b"S32", b"S33"))
+    code, out, err = ingest(capsys, folder)
+    assert code == 0, err
+    assert "different messages under it are batches " in out and "review them all" in out
+
 
 
 def long_message(path, rows: int) -> str:

@@ -40,8 +40,12 @@ def cmd_ingest_email(args) -> int:
             lines.append(f"    cut at {s['rows']} rows: {s['rows_left_out']} more rows in the "
                          "body were not staged; send them as an .xlsx attachment")
         if s.get("message_id_batches"):
-            lines.append(f"    reused Message-ID: a different message with it is batch "
-                         f"{', '.join(map(str, s['message_id_batches']))}; review both")
+            others = s["message_id_batches"]
+            lines.append("    reused Message-ID: " + (
+                f"a different message under it is batch {others[0]}; review both"
+                if len(others) == 1 else
+                f"different messages under it are batches {', '.join(map(str, others))}; "
+                "review them all"))
         for a in s.get("attachments", []):
             lines.append(f"    attachment {a['file']}: " + (
                 f"Excel batch {a['batch']}" if a.get("staged") else f"not staged: {a['reason']}"))

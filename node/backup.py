@@ -134,13 +134,19 @@ def make_backup(store, backup_dir: Path, node_id: str, retention: Retention,
     """Take a verified backup of ``store`` into ``backup_dir`` and apply retention.
 
     Raises:
-        BackupError: the copy failed verification (nothing is left behind).
+        BackupError: the copy failed verification (nothing is left behind), or a backup
+            of the same name exists (never written over).
     """
     now = now or dt.datetime.now(dt.UTC)
     backup_dir.mkdir(parents=True, exist_ok=True)
     name = f"{node_id}-{now.strftime('%Y%m%dT%H%M%S%fZ')}"
     final = backup_dir / (name + SUFFIX)
     tmp = backup_dir / f".{name}.tmp"
+    taken = BackupError(f"{final} already exists; a backup never writes over another",
+                        "take the backup again (names carry the time to the microsecond); "
+                        "if it happens again, check this computer's clock")
+    if final.exists():
+        raise taken
     try:
         store.backup(str(tmp))
         check_database(tmp, self_contained=True)
@@ -158,6 +164,8 @@ def make_backup(store, backup_dir: Path, node_id: str, retention: Retention,
             "events": digest.get("events"),
             "cluster_id": store.roster.cluster_id,
         }
+        if final.exists():  # made meanwhile: the name is the time, never reused
+            raise taken
         os.replace(tmp, final)
     finally:
         for leftover in (tmp, Path(str(tmp) + "-journal")):
@@ -205,20 +213,67 @@ def apply_retention(backup_dir: Path, node_id: str, retention: Retention) -> lis
     return removed
 
 
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_manifest(backup: Path) -> dict:
+    """The manifest beside ``backup`` (``{}`` without one), checked for the fields a
+    restore relies on: a JSON object whose ``sha256`` is 64 hex digits and whose
+    ``events`` (optional) maps ``node/epoch`` to an event number.
+
+    Raises:
+        BackupError: the manifest cannot be read or is not one ``riversync backup`` writes.
+    """
+    path = backup.with_suffix(MANIFEST)
+    if not path.exists():
+        return {}
+    hint = (f"the manifest beside the backup is damaged; choose another backup, or move "
+            f"{path.name} away to restore the file checked by SQLite alone")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BackupError(f"the manifest {path} cannot be read as JSON: {e}", hint) from None
+    if not isinstance(manifest, dict):
+        raise BackupError(f"the manifest {path} is not a JSON object "
+                          f"(it holds a {type(manifest).__name__})", hint)
+    sha = manifest.get("sha256")
+    if not (isinstance(sha, str) and len(sha) == 64
+            and all(c in "0123456789abcdef" for c in sha)):
+        raise BackupError(f"the manifest {path} has no valid sha256 (64 hex digits); "
+                          f"it holds {sha!r}"[:300], hint)
+    events = manifest.get("events")
+    if events is not None:
+        if not isinstance(events, dict):
+            raise BackupError(f"the manifest {path}: 'events' is not an object", hint)
+        for origin, top in events.items():
+            _, slash, epoch = str(origin).rpartition("/")
+            if (not slash or not _is_int(epoch) or isinstance(top, bool)
+                    or not isinstance(top, int) or top < 0):
+                raise BackupError(f"the manifest {path}: 'events' entry {origin!r}: {top!r} "
+                                  "is not 'node/epoch': event number"[:300], hint)
+    return manifest
+
+
 def verify_backup(backup: Path) -> dict:
     """Check a backup against its manifest (when there is one) and SQLite's own check.
 
     Raises:
-        BackupError: the file changed since it was made, or is not sound.
+        BackupError: the file changed since it was made, is not sound, or its manifest is
+            damaged (RESTORE_DAMAGED, never an unhandled error).
     """
-    manifest_path = backup.with_suffix(MANIFEST)
-    manifest: dict = {}
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
+    if not backup.is_file():
+        raise BackupError(f"{backup} does not exist", "give the path of a backup file")
+    manifest = read_manifest(backup)
+    if manifest:
         actual = sha256_file(backup)
-        if manifest.get("sha256") != actual:
+        if manifest["sha256"] != actual:
             raise BackupError(f"{backup} does not match its manifest (SHA-256 {actual[:12]}…, "
-                              f"expected {str(manifest.get('sha256'))[:12]}…)",
+                              f"expected {manifest['sha256'][:12]}…)",
                               "the file was changed or damaged; choose another backup")
     check_database(backup)
     return manifest

@@ -80,11 +80,10 @@ def check_hub_backup(path: Path, roster) -> dict:
         epochs = 0 if missing else conn.execute("SELECT count(*) FROM hub_epochs").fetchone()[0]
         if missing or not epochs:
             node = _node_of(conn, tables)
-            what = (f"a node database (of node {node!r})" if node else
-                    "not a hub store (" + (f"no table {missing[0]}" if missing else
-                                           "no hub epoch") + ")")
+            why = (f"it is a database of node {node!r}" if node else
+                   f"it has no table {missing[0]}" if missing else "it records no hub epoch")
             raise HubRestoreRefused(
-                "RESTORE_NOT_HUB_DB", f"{path.name} is {what}, not a hub store backup",
+                "RESTORE_NOT_HUB_DB", f"{path.name} is not a hub store backup: {why}",
                 ("restore a node backup with `riversync restore -c NODE.toml`; "
                  if node else "") + pick)
         return _check_cluster(conn, path, roster, pick)

@@ -502,10 +502,16 @@ def backup_store(db_path: Path | str, out_path: Path | str, cluster_id: str | No
 
     Returns the head of the copy.  The copy is a single file (journal_mode=DELETE), so it
     cannot be separated from a ``-wal``.  ``cluster_id`` is recorded in the copy, so a
-    restore can refuse another cluster's backup (hub/restore_check.py).
+    restore can refuse another cluster's backup (hub/restore_check.py).  An existing
+    ``out_path`` is never written over: it may be the very backup a runbook restores from.
+
+    Raises:
+        FileExistsError: ``out_path`` exists (nothing was written).
     """
     db_path, out_path = Path(db_path), Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".tmp")
+    if out_path.exists() or out_path.is_symlink():
+        raise FileExistsError(f"{out_path} already exists")
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     src = apsw.Connection(str(db_path), flags=apsw.SQLITE_OPEN_READONLY)
     src.setbusytimeout(BUSY_TIMEOUT_MS)
@@ -518,11 +524,19 @@ def backup_store(db_path: Path | str, out_path: Path | str, cluster_id: str | No
         if cluster_id:
             stamp_cluster(dst, cluster_id)
         head = _head(dst)
+    except BaseException:
+        dst.close()
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)  # nothing of a failed backup stays behind
+        raise
     finally:
         dst.close()
         src.close()
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    if out_path.exists() or out_path.is_symlink():  # made meanwhile by someone else
+        tmp.unlink(missing_ok=True)
+        raise FileExistsError(f"{out_path} already exists")
     os.replace(tmp, out_path)
     return head
 

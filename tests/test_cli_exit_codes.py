@@ -58,6 +58,11 @@ def test_a_representative_set_of_commands_exit_by_the_rule(cluster, tmp_path):
         (["import", "xlsx", str(tmp_path / "missing.xlsx"), "--table", "players", "-c", north],
          3),
         (["restore", str(tmp_path / "missing.db"), "-c", south], 3),
+        (["hub", "restore", "-c", str(cluster.hub_config), str(tmp_path / "missing.db")], 3),
+        # the hub serves: a refusal because of state
+        (["hub", "restore", "-c", str(cluster.hub_config), str(xlsx)], 2),
+        # an existing file is never written over
+        (["hub", "backup", "-c", str(cluster.hub_config), str(xlsx)], 2),
         (["ingest", "email", str(tmp_path / "no-folder"), "-c", south], 3),
         (["import", "xlsx", str(xlsx), "--table", "nope", "-c", south], 2),
         (["bench", "replay", "--workdir", str(tmp_path / "nonexist")], 3),

@@ -48,9 +48,10 @@ def test_restored_hub_starts_a_new_epoch_and_nodes_repull_and_repush(tmp_path):
         got = post(hub, "/v1/pull", north.request("pull", hub_epoch=old_epoch, cursor=0),
                    PullReply)
         assert got.cursor == 5 and len(got.batches) == 5
-        # restore refuses while the hub serves, and changes nothing
+        # restore refuses while the hub serves (a refusal because of state: exit 2),
+        # and changes nothing
         busy = cli("hub", "restore", "-c", str(cluster.hub_config), str(backup))
-        assert busy.returncode == 3 and "stop" in busy.stderr
+        assert busy.returncode == 2 and "stop" in busy.stderr
         assert post(hub, "/v1/hello", north.request("hello"), HelloReply).head == 5
 
     out = cli("hub", "restore", "-c", str(cluster.hub_config), str(backup), "--json")
@@ -129,7 +130,8 @@ def test_restore_refuses_a_file_that_is_not_a_hub_backup(tmp_path):
     junk.write_bytes(b"not a database at all" * 100)
     out = cli("hub", "restore", "-c", str(cluster.hub_config), str(junk))
     assert out.returncode == 2 and "not" in out.stderr and "Try:" in out.stderr
+    # a missing input file is exit 3 (docs/reference/cli.md), as for `riversync restore`
     missing = cli("hub", "restore", "-c", str(cluster.hub_config), str(tmp_path / "nope.db"))
-    assert missing.returncode == 2
+    assert missing.returncode == 3 and "no backup file" in missing.stderr
     assert db.read_bytes() == before
     assert not list(cluster.dir.glob("*.restoring"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from riversync.cli import EXIT_CRITICAL, EXIT_UNAVAILABLE, CommandError
 from riversync.config import ConfigError, load_hub_config
@@ -25,14 +26,16 @@ def register(subparsers) -> None:
 
     b = sub.add_parser("backup", help="copy the live hub store to a file (WAL-safe)")
     b.add_argument("-c", "--config", required=True, metavar="HUB_TOML")
-    b.add_argument("out", metavar="FILE")
+    b.add_argument("out", metavar="FILE",
+                   help="the new file to write; an existing file is refused (exit 2), never "
+                        "written over")
     b.add_argument("--json", action="store_true")
     b.set_defaults(handler=cmd_backup)
 
     r = sub.add_parser("restore", help="replace the hub store with a backup (hub stopped); "
                        "the next start begins a new hub epoch")
     r.add_argument("-c", "--config", required=True, metavar="HUB_TOML")
-    r.add_argument("backup", metavar="FILE")
+    r.add_argument("backup", metavar="FILE", help="a file made by `riversync hub backup`")
     r.add_argument("--json", action="store_true")
     r.set_defaults(handler=cmd_restore)
 
@@ -90,8 +93,18 @@ def cmd_backup(args) -> int:
     if not cfg.db_path.exists():
         raise CommandError(f"no hub store at {cfg.db_path}", "check db_path in hub.toml",
                            exit_code=EXIT_UNAVAILABLE)
+    out = Path(args.out)
     try:
-        head = backup_store(cfg.db_path, args.out, cfg.roster.cluster_id)
+        if out.exists() or out.is_symlink():
+            raise FileExistsError(f"{out} already exists")
+        head = backup_store(cfg.db_path, out, cfg.roster.cluster_id)
+    except FileExistsError:
+        raise CommandError(
+            f"{out} already exists; a hub backup never writes over a file (it may be the "
+            "backup you would restore from)",
+            "give a new file name, for example with the date and time in it; move the old "
+            "file away first only if you are sure it is not needed",
+            exit_code=EXIT_CRITICAL) from None
     except (apsw.Error, OSError) as e:
         raise CommandError(f"backup failed: {e}", "check the paths and free space") from None
     _say(args, {"backup": args.out, "head": head},
@@ -106,12 +119,15 @@ def cmd_restore(args) -> int:
     from riversync.hub.store_sqlite import StoreLockedError, restore_store
 
     cfg = _config(args)
+    if not Path(args.backup).is_file():
+        raise CommandError(f"no backup file {args.backup}", "check the path; `ls` the folder "
+                           "where `riversync hub backup` writes", exit_code=EXIT_UNAVAILABLE)
     note = f"{args.backup} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
     try:
         head, moved = restore_store(args.backup, cfg.db_path, note, cfg.roster)
-    except StoreLockedError as e:
-        raise CommandError(str(e), "stop `riversync hub serve` first",
-                           exit_code=EXIT_UNAVAILABLE) from None
+    except StoreLockedError as e:  # a refusal because of state (cli.md): 2, as `restore`
+        raise CommandError(str(e), "stop `riversync hub serve` first, then restore",
+                           exit_code=EXIT_CRITICAL) from None
     except HubRestoreRefused as e:
         raise CommandError(f"{e.code}: {e}", e.hint, exit_code=EXIT_CRITICAL) from None
     except (apsw.Error, OSError) as e:

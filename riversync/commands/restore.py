@@ -43,8 +43,14 @@ def cmd_restore(args) -> int:
     except backups.BackupError as e:
         raise CommandError(f"{e.code}: {e}", e.hint, EXIT_CRITICAL) from None
     if is_locked(cfg.db_path):
-        res = call(client_for(cfg, args.token, 120.0, admin=True).post, "/v1/restore",
-                   {"backup": str(backup)})
+        client = client_for(cfg, args.token, 120.0, admin=True)
+        try:
+            res = call(client.post, "/v1/restore", {"backup": str(backup)})
+        except CommandError as e:
+            if str(e).startswith("the node refused: FORBIDDEN:"):
+                e.hint = ("a restore needs an admin of this office (an operator cannot): "
+                          "run it with an admin's token (--token or RIVERSYNC_TOKEN)")
+            raise
         how = "by the running node"
     else:
         from riversync.engine.schema import load_schema

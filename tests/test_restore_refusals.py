@@ -228,8 +228,12 @@ def unopenable_copy(backup: str, tmp_path: Path) -> Path:
     bad = tmp_path / "north-edited-schema.db"
     shutil.copyfile(backup, bad)
     conn = apsw.Connection(str(bad))
-    with conn:
+    with conn:  # the digest of the version it runs, and of every version it ran
         conn.execute("UPDATE _rs_meta SET value = 'another digest' WHERE key = 'schema_digest'")
+        (ran,) = conn.execute("SELECT value FROM _rs_meta WHERE key = 'schema_digests'"
+                              ).fetchone()
+        conn.execute("UPDATE _rs_meta SET value = ? WHERE key = 'schema_digests'",
+                     (json.dumps({v: "another digest" for v in json.loads(ran)}),))
     conn.close()
     return bad
 

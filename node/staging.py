@@ -34,10 +34,12 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 
 from riversync.engine.db import migrate, transaction
@@ -329,21 +331,43 @@ def _to_date(rule: ColumnRule, value: Any, epoch: dt.datetime | None) -> tuple[s
     raise ValueIssue(f"expected a date, found {type(value).__name__}")
 
 
+# An amount as typed: digits, either plain or in groups of three split by commas or
+# spaces, then at most two decimals after a point. Anything else ("12,50", "1.500,00",
+# "1,5") has more than one honest reading, so it is refused rather than guessed.
+_AMOUNT = re.compile(r"[+-]?(?:\d+|\d{1,3}(?:,\d{3})+|\d{1,3}(?: \d{3})+)(?:\.\d+)?")
+
+
 def _to_money(value: Any) -> tuple[int, str | None]:
-    """Money is stored as an integer number of cents; a sheet holds currency units."""
+    """Money is stored as an integer number of cents; a sheet holds currency units.
+
+    Amounts go through Decimal, never through a float product, so 10,000,000.01 stays
+    1000000001 cents; a float cell is read at Excel's 15 significant digits, which is all
+    the precision the workbook ever held.
+    """
     if isinstance(value, bool):
         raise ValueIssue("expected an amount, found TRUE/FALSE")
     if isinstance(value, str):
-        s = value.replace("\u00a0", "").replace(" ", "").replace(",", "")
-        if not re.fullmatch(r"[+-]?\d+(\.\d{1,2})?", s):
-            raise ValueIssue(f"expected an amount like 1500.00, found {value!r}")
-        value = float(s)
-    if isinstance(value, int | float):
-        cents = round(value * 100)
-        if abs(value * 100 - cents) > 1e-6:
-            raise ValueIssue(f"amount {value!r} has more than 2 decimal places")
-        return int(cents), None
-    raise ValueIssue(f"expected an amount, found {type(value).__name__}")
+        s = re.sub(r"[\u00a0\u202f\u2009]", " ", value).strip()
+        if not _AMOUNT.fullmatch(s):
+            if re.fullmatch(r"[+-]?\d+,\d{1,2}", s) or re.fullmatch(r"[+-]?\d{1,3}(\.\d{3})+,\d+", s):
+                raise ValueIssue(
+                    f"{value!r} uses a comma as the decimal mark; write the amount with a "
+                    "point, like 12.50, so it cannot be read as a thousands separator"
+                )
+            raise ValueIssue(f"expected an amount like 1500.00 or 1,500.00, found {value!r}")
+        amount = Decimal(s.replace(",", "").replace(" ", ""))
+    elif isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueIssue(f"expected an amount, found {value!r}")
+        amount = Decimal(format(value, ".15g"))
+    else:
+        raise ValueIssue(f"expected an amount, found {type(value).__name__}")
+    cents = amount * 100
+    if cents != cents.to_integral_value():
+        raise ValueIssue(f"amount {value!r} has more than 2 decimal places")
+    return int(cents), None  # the engine's own check refuses what does not fit 64 bits
 
 
 def check_pattern(rule: ColumnRule, value: Any) -> None:

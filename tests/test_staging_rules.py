@@ -8,6 +8,10 @@ import json
 import openpyxl
 import pytest
 from cli_cluster import make_cluster, run
+from hypothesis import given
+from hypothesis import strategies as st
+
+from riversync.node.staging import ColumnRule, coerce
 
 
 @pytest.fixture
@@ -121,3 +125,42 @@ def test_an_emailed_key_with_a_control_character_is_staged_invalid(cluster, caps
     bad = [r for r in rows if r["key"] != "C-10"]
     assert bad and bad[0]["status"] == "invalid"
     assert "control character" in json.dumps(bad[0]["errors"])
+
+
+def test_amounts_are_read_exactly_and_an_ambiguous_one_is_refused(cluster, capsys, tmp_path):
+    """A comma is only ever a thousands separator: '12,50' is refused, not taken as 1250.00,
+    and a large amount in a number cell keeps its cents (no float product)."""
+    rows = [("10001", "12,50"), ("10002", "1,5"), ("10003", "1.500,00"), ("10004", "1,500.00"),
+            ("10005", 12345678.91), ("10006", "2 000.5"), ("10007", "1,50,000"), ("10008", "3.456"),
+            ("10009", 0.1 + 0.2)]
+    f = workbook(tmp_path / "money.xlsx", rows, header=("office_code", "credit_limit"))
+    code, out, err = run(capsys, "import", "xlsx", f, "--table", "offices",
+                         "-c", "node-north.toml")
+    assert code == 0, err
+    got = staged(capsys, 1)
+    for key in ("10001", "10002", "10003"):
+        assert got[key]["status"] == "invalid", got[key]
+        assert "comma as the decimal mark" in got[key]["errors"][0]["message"]
+    assert got["10007"]["status"] == "invalid" and "like 1500.00" in got["10007"]["errors"][0]["message"]
+    assert got["10008"]["status"] == "invalid" and "2 decimal" in got["10008"]["errors"][0]["message"]
+    assert got["10004"]["values"]["credit_limit"] == 150000
+    assert got["10005"]["values"]["credit_limit"] == 1234567891
+    assert got["10006"]["values"]["credit_limit"] == 200050
+    assert got["10009"]["values"]["credit_limit"] == 30
+    code, out, err = run(capsys, "staging", "apply", "1", "-c", "node-north.toml", "--json")
+    assert code == 0, err
+    assert json.loads(out)["batch"]["events"] == 4  # only the valid rows are taken
+
+
+
+@given(st.integers(min_value=-(10**13), max_value=10**13))
+def test_money_cells_never_lose_cents_to_float_arithmetic(cents):
+    """Any amount up to 100 billion units, as Excel stores it (a float) or as typed text
+    with or without thousands separators, comes back as exactly its cents."""
+    rule = ColumnRule("fee", "money")
+    units = f"{abs(cents) // 100}.{abs(cents) % 100:02d}"
+    sign = "-" if cents < 0 else ""
+    grouped = f"{abs(cents) // 100:,}.{abs(cents) % 100:02d}"
+    assert coerce(rule, cents / 100) == (cents, None)
+    assert coerce(rule, sign + units) == (cents, None)
+    assert coerce(rule, sign + grouped) == (cents, None)

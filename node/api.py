@@ -305,8 +305,7 @@ async def _commit(request: web.Request, changes: list, *, admin: bool) -> web.Re
     ctx = ctx_of(request)
     caller = caller_of(request)
     if admin and not caller.is_admin:
-        raise E.Forbidden(f"user {caller.name!r} is a {caller.role}; an admin override needs the "
-                          "admin role")
+        caller.require(ADMIN, "an admin override")
     refuse_if_clock_ahead(ctx)
     events = await ctx.commit(changes, caller, admin=admin)
     ch = changes[0]
@@ -411,8 +410,8 @@ async def resolve_conflict(request: web.Request) -> web.Response:
         raise E.ConflictNotFound(f"there is no conflict {cid!r} on this node")
     if not _is_open(c):
         raise E.ConflictClosed(f"conflict {cid!r} is already resolved")
-    if admin and not caller.is_admin:
-        raise E.Forbidden("an admin override needs the admin role")
+    if admin:
+        caller.require(ADMIN, "an admin override")
     change = LocalChange(kind="resolve", table=c["table"], pk=c["pk"], conflict=cid,
                          decision=decision, values=values or None)
     refuse_if_clock_ahead(ctx)

@@ -36,7 +36,15 @@ class Caller:
     def require(self, role: str, what: str) -> None:
         """Raises Forbidden unless this caller's role is at least ``role``."""
         if RANK.get(self.role, 0) < RANK[role]:
-            raise Forbidden(f"user {self.name!r} is a {self.role}; {what} needs the {role} role")
+            raise Forbidden(f"user {self.name!r} is a {self.role}; {what} needs the {role} role",
+                            hint=who_can(role))
+
+
+def who_can(role: str) -> str:
+    """The refusal names who may act, so a clerk is not sent to an operator for an admin's job."""
+    holders = [r for r, rank in RANK.items() if rank >= RANK[role]]
+    return (f"ask a user the roster makes {' or '.join(holders)} to do it, or an admin to "
+            f"change your role in the roster")
 
 
 def token_sha256(token: str) -> str:

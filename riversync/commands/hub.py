@@ -198,7 +198,8 @@ def cmd_schemas(args) -> int:
                 known = ", ".join(str(r.version) for r in store.schema_registrations())
                 raise CommandError(f"the hub holds no registration of schema version "
                                    f"{args.forget}", f"registered versions: {known or 'none'}; "
-                                   "see `riversync hub schemas -c HUB_TOML`")
+                                   "see `riversync hub schemas -c HUB_TOML`",
+                                   exit_code=EXIT_CRITICAL)
         regs = store.schema_registrations()
     finally:
         store.close()

@@ -70,8 +70,9 @@ def cmd_restore(args) -> int:
         print(json.dumps(res, indent=2))
     else:
         print(f"Restored node {cfg.node_id} from {backup.name} {how}.")
-        print(f"  new node epoch {res['new_epoch']} (was {res['old_epoch']}); "
-              f"{res['unacknowledged_old_events']} event(s) of the old epoch were not yet "
+        print(f"  new node epoch {res['new_epoch']} (the backup was taken in epoch "
+              f"{res['old_epoch']}); {res['unacknowledged_old_events']} event(s) of that epoch "
+              "were not yet "
               "acknowledged when the backup was taken: the first sync settles them with the "
               "hub (held there: acknowledged; otherwise pushed)")
         carried = res.get("carried_over", 0)

@@ -115,6 +115,11 @@ def test_blank_required_cell_of_an_existing_row_leaves_the_live_value(cluster, c
     # every cell but the key blank: nothing to change, refused before the engine sees it
     assert rows["S1"]["status"] == "invalid"
     assert "changes nothing" in rows["S1"]["errors"][0]["message"]
+    # The plain listing shows the blank cell as left alone, never as a null to be written.
+    code, out, err = run(capsys, "staging", "show", str(b), "-c", "node-north.toml")
+    assert code == 0, err
+    s2 = next(line for line in out.splitlines() if " S2:" in line)
+    assert "null" not in s2 and "left as they are: full_name" in s2, s2
     run_json(capsys, "staging", "apply", str(b), "-c", "node-north.toml")
     with Db(cluster) as store:
         assert store.get_row("staff", "S2")["full_name"] == "Ben Sample"

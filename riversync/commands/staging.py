@@ -225,8 +225,13 @@ def cmd_show(args) -> int:
                      f"flags {', '.join(m['flags']) or '-'}")
     for r in res["rows"]:
         mark = "x" if r["excluded"] else ("ok" if r["status"] == "valid" else "!!")
+        values, kept = r["values"], ""
+        if r.get("op") == "update":  # a blank cell leaves the live value alone: not a null
+            blank = [k for k, v in values.items() if v is None]
+            values = {k: v for k, v in values.items() if v is not None}
+            kept = f"  (left as they are: {', '.join(blank)})" if blank else ""
         lines.append(f"  row {r['row']:>5} {mark:<2} {r.get('op') or '':<6} {r['key']}: "
-                     + json.dumps(r["values"], ensure_ascii=False, default=str))
+                     + json.dumps(values, ensure_ascii=False, default=str) + kept)
         lines += [f"            {e['column']}: {e['message']}" for e in r["errors"]]
         lines += [f"            note: {n}" for n in r["notes"]]
     emit(args, res, lines)

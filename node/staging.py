@@ -216,7 +216,8 @@ def coerce(rule: ColumnRule, value: Any, *,
 
 def _to_text(rule: ColumnRule, value: Any) -> tuple[str, str | None]:
     if isinstance(value, bool):
-        return ("TRUE" if value else "FALSE"), None
+        text = "TRUE" if value else "FALSE"
+        return text, f"a TRUE/FALSE cell in a text column, taken as the text {text!r}"
     if isinstance(value, int | float):
         if abs(value) >= _MAX_EXACT_INT:
             raise ValueIssue(

@@ -164,3 +164,11 @@ def test_money_cells_never_lose_cents_to_float_arithmetic(cents):
     assert coerce(rule, cents / 100) == (cents, None)
     assert coerce(rule, sign + units) == (cents, None)
     assert coerce(rule, sign + grouped) == (cents, None)
+
+
+def test_a_true_false_cell_in_a_text_column_is_taken_with_a_note():
+    """Excel turns a typed TRUE into a boolean cell; the text column gets the word, and the
+    clerk is told, since a name of 'TRUE' is more likely a slip than meant."""
+    value, note = coerce(ColumnRule("name", "text"), True)
+    assert value == "TRUE" and "TRUE/FALSE cell" in note
+    assert coerce(ColumnRule("name", "text"), "Ann") == ("Ann", None)

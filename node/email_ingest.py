@@ -357,6 +357,14 @@ def ingest_folder(staging: Staging, folder: str, rules_for: RulesFor, live: Live
             log.warning("email %s failed: %s [%s]", name, e.message, e.code)
             report.failed.append({"file": name, "code": e.code, "reason": e.message})
             continue
+        except Exception as e:  # noqa: BLE001 - one message must not stop the others
+            # Left in the folder, not moved to failed/: the cause may be the node's (a full
+            # disk), and the next run tries it again.
+            log.exception("email %s could not be staged; it stays in the drop folder", name)
+            report.failed.append({"file": name, "code": "INTERNAL",
+                                  "reason": f"{type(e).__name__}: {e}; the file stays in the "
+                                            "drop folder and is tried again"})
+            continue
         _move(path, folder, PROCESSED)
         (report.duplicates if outcome.get("duplicate") else report.staged).append(outcome)
     return report
@@ -515,13 +523,24 @@ def _stage_attachment(staging: Staging, batch_id: int, key: str, fname: str, dat
             res = import_xlsx(staging, path, rules, live, user=user,
                               source=f"email:{key}/{fname}", now=now)
     except (XlsxRefused, StagingError) as e:
-        b = staging.batch(batch_id)
-        staging.finish_batch(batch_id, b.summary, [f"attachment {fname} not staged: {e.message}"])
-        return {"file": fname, "staged": False, "reason": e.message}
+        return _attachment_not_staged(staging, batch_id, fname, e.message)
+    except Exception as e:  # noqa: BLE001 - a hostile attachment must not stop the message
+        # The message's own batch is already committed: the attachment's failure is noted on
+        # it, so it is never lost silently and the drop folder goes on.
+        log.exception("email %s: attachment %s could not be read", key, fname)
+        return _attachment_not_staged(
+            staging, batch_id, fname, f"the workbook could not be read ({type(e).__name__}); "
+            "open it in Excel, save it again and send or import it on its own")
     b = staging.batch(batch_id)
     staging.finish_batch(batch_id, b.summary,
                          [f"attachment {fname} staged as Excel batch {res.batch_id}"])
     return {"file": fname, "staged": True, "batch": res.batch_id}
+
+
+def _attachment_not_staged(staging: Staging, batch_id: int, fname: str, why: str) -> dict:
+    b = staging.batch(batch_id)
+    staging.finish_batch(batch_id, b.summary, [f"attachment {fname} not staged: {why}"])
+    return {"file": fname, "staged": False, "reason": why}
 
 
 def _move(path: str, folder: str, sub: str, reason: str | None = None) -> str:

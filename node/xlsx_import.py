@@ -194,6 +194,8 @@ def _ole2_streams(path: str) -> set[str]:
         data = f.read(MAX_FILE_BYTES)
     try:
         shift = struct.unpack_from("<H", data, 30)[0]
+        if shift not in (9, 12):  # the format allows 512- or 4096-byte sectors only
+            raise ValueError(f"sector shift {shift}")
         ssize = 1 << shift
         n_fat = struct.unpack_from("<I", data, 44)[0]
         first_dir = struct.unpack_from("<I", data, 48)[0]
@@ -217,7 +219,7 @@ def _ole2_streams(path: str) -> set[str]:
             s = fat[s] if s < len(fat) else 0xFFFFFFFE
             seen += 1
         return names
-    except (struct.error, IndexError):
+    except (struct.error, IndexError, ValueError):  # a damaged directory: search the bytes
         found = set()
         for n in ("EncryptionInfo", "EncryptedPackage", "Workbook", "Book"):
             if n.encode("utf-16-le") in data:

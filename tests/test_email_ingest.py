@@ -226,6 +226,38 @@ def test_attached_workbook_goes_to_excel_staging(node):
     assert desk.store.count_rows("registrations") == 0
 
 
+
+def _damaged_ole2() -> bytes:
+    data = bytearray(512)
+    data[:8] = bytes.fromhex("d0cf11e0a1b11ae1")
+    data[30:32] = (0xFFFF).to_bytes(2, "little")  # a sector shift the format never allows
+    data[44:48] = (1).to_bytes(4, "little")
+    return bytes(data)
+
+
+def test_an_unreadable_attachment_is_noted_and_the_folder_goes_on(node, monkeypatch):
+    """A damaged attachment is a note on its message's batch, never a stop: the message is
+    staged with its rows, the next messages are staged, every file moves to processed/."""
+    desk, drop = node
+    (drop / "0-bad.eml").write_bytes(mail(BODY, mid="<bad@x>", attach=("r.xlsx", _damaged_ole2())))
+    (drop / "1-ok.eml").write_bytes(mail(BODY, mid="<ok@x>"))
+    rep = desk.ingest(str(drop))
+    assert [s["file"] for s in rep["staged"]] == ["0-bad.eml", "1-ok.eml"], rep
+    att = rep["staged"][0]["attachments"][0]
+    assert not att["staged"] and "legacy" in att["reason"], att
+    batch = desk.show(rep["staged"][0]["batch"])["batch"]
+    assert any("attachment r.xlsx not staged" in n for n in batch["notes"]), batch["notes"]
+    assert sorted(os.listdir(drop / "processed")) == ["0-bad.eml", "1-ok.eml"]
+    # A reader failing in a way nobody foresaw is caught at the same boundary.
+    def broken(*a, **k):
+        raise RecursionError("maximum recursion depth exceeded")
+    monkeypatch.setattr(M, "import_xlsx", broken)
+    (drop / "2-odd.eml").write_bytes(mail(BODY, mid="<odd@x>", attach=("s.xlsx", b"PK..")))
+    rep = desk.ingest(str(drop))
+    att = rep["staged"][0]["attachments"][0]
+    assert not att["staged"] and "RecursionError" in att["reason"], att
+    assert "2-odd.eml" in os.listdir(drop / "processed")
+
 def test_rows_owned_elsewhere_are_invalid_in_email_too(node):
     desk, drop = node
     store = desk.store

@@ -14,6 +14,8 @@ import zipfile
 
 import openpyxl
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from openpyxl.styles import Font
 from openpyxl.utils.datetime import CALENDAR_MAC_1904
 
@@ -416,3 +418,23 @@ def test_a_member_failing_its_crc_is_damaged_and_stages_nothing(env, tmp_path):
     with pytest.raises(X.XlsxDamaged):
         stage(env, stored, "customers")
     assert env[0].batches() == []
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shift=st.integers(0, 0xFFFF), n_fat=st.integers(0, 3), first_dir=st.integers(0, 8),
+       noise=st.lists(st.tuples(st.integers(76, 1023), st.integers(0, 255)), max_size=30))
+@example(shift=0xFFFF, n_fat=1, first_dir=0, noise=[])  # once ValueError: an HTTP 500
+def test_any_damaged_ole2_header_is_refused_as_legacy_or_encrypted(tmp_path, shift, n_fat,
+                                                                   first_dir, noise):
+    """A file with the OLE2 signature and a garbage directory is refused with a typed error."""
+    data = bytearray(1024)
+    data[:8] = X.OLE2_MAGIC
+    for at, byte in noise:
+        data[at] = byte
+    data[30:32] = shift.to_bytes(2, "little")
+    data[44:48] = n_fat.to_bytes(4, "little")
+    data[48:52] = first_dir.to_bytes(4, "little")
+    path = tmp_path / "ole.xlsx"
+    path.write_bytes(bytes(data))
+    with pytest.raises((X.XlsxLegacy, X.XlsxEncrypted)):
+        X.sniff(str(path))

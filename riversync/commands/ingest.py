@@ -52,6 +52,7 @@ def cmd_ingest_email(args) -> int:
     for d in res["duplicates"]:
         lines.append(f"  {d['file']}: already staged as batch {d['batch']} (moved to processed/)")
     for f in res["failed"]:
-        lines.append(f"  {f['file']}: {f['code']}: {f['reason']} (moved to failed/)")
+        where = "" if f["code"] == "INTERNAL" else " (moved to failed/)"
+        lines.append(f"  {f['file']}: {f['code']}: {f['reason']}{where}")
     emit(args, res, lines)
     return 1 if res["failed"] else 0

@@ -362,6 +362,10 @@ def _to_money(value: Any) -> tuple[int, str | None]:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueIssue(f"expected an amount, found {value!r}")
+        if abs(value) * 100 >= _MAX_EXACT_INT:
+            raise ValueIssue(
+                f"{_num(value)} has more digits than Excel keeps (15) once in cents, so its "
+                "last digits may be lost; format the cell as Text and type the amount again")
         amount = Decimal(format(value, ".15g"))
     else:
         raise ValueIssue(f"expected an amount, found {type(value).__name__}")

@@ -114,6 +114,15 @@ def select_rows(shapes: dict[str, TableShape], source: RowSource, scope: tuple[s
     return {t: [(r, o) for r, o in all_rows[t] if r[shapes[t].key] in keep[t]] for t in shapes}
 
 
+EXCEL_EXACT = 10**15  # the first whole number with more digits than an Excel number keeps
+
+
+def money_text(cents: int) -> str:
+    """Cents as an amount in currency units, exactly: -1234.05 for -123405."""
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
+
+
 def _cell(ws, value, ctype: str):
     if value is None:
         return None
@@ -124,10 +133,17 @@ def _cell(ws, value, ctype: str):
             return c
         except ValueError:
             pass
-    if ctype == "money" and isinstance(value, int) and not isinstance(value, bool):
-        c = WriteOnlyCell(ws, value=value / 100)
-        c.number_format = "#,##0.00"
-        return c
+    if ctype in ("money", "integer") and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) >= EXCEL_EXACT:
+            # Excel keeps 15 significant digits of a number cell: a longer one goes out as
+            # text, which the import reads back exactly.
+            c = WriteOnlyCell(ws, value=money_text(value) if ctype == "money" else str(value))
+            c.data_type = "s"
+            return c
+        if ctype == "money":
+            c = WriteOnlyCell(ws, value=value / 100)
+            c.number_format = "#,##0.00"
+            return c
     if isinstance(value, bytes):
         value = value.hex()
     if isinstance(value, str):

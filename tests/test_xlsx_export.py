@@ -77,6 +77,45 @@ def test_snapshot_has_typed_cells_metadata_and_is_caught_on_reimport(desk, tmp_p
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".riversync-export-")]
 
 
+
+def test_amounts_and_integers_past_excels_15_digits_survive_export_and_reimport(desk, tmp_path):
+    """A number cell keeps 15 significant digits in Excel and a float in openpyxl: larger
+    values go out as text, so the re-import reads them back to the cent."""
+    big_cents, big_int = 123_456_789_012_345_678, -9_007_199_254_740_993
+    desk.store.commit_local([
+        LocalChange("create", "offices", "00001", {"credit_limit": big_cents}),
+        LocalChange("create", "offices", "00002", {"credit_limit": -5}),
+        LocalChange("create", "customers", "C-1", {"name": "A", "credit_limit": big_int}),
+    ], user="alice", now_ms=T0)
+    out = tmp_path / "big.xlsx"
+    desk.export(str(out), "office=north", node="north")
+    wb = openpyxl.load_workbook(out)
+    assert wb["offices"].cell(2, 4).value == "1234567890123456.78"
+    assert wb["offices"].cell(3, 4).value == -0.05
+    assert wb["customers"].cell(2, 4).value == str(big_int)
+    res = desk.import_xlsx(str(out), "offices", user="alice")
+    rows = {r["key"]: r for r in desk.show(res["batch"]["id"])["rows"]}
+    assert rows["00001"]["values"]["credit_limit"] == big_cents
+    assert rows["00002"]["values"]["credit_limit"] == -5
+    res = desk.import_xlsx(str(out), "customers", user="alice")
+    assert desk.show(res["batch"]["id"])["rows"][0]["values"]["credit_limit"] == big_int
+
+
+def test_a_money_number_cell_past_15_digits_is_refused_not_rounded(desk, tmp_path):
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "offices"
+    ws.append(["office_code", "credit_limit"])
+    ws.append(["00001", 12345678901234.5])  # Excel would show and keep 12345678901234.5
+    ws.append(["00002", 9999999999999.99])  # the largest amount a number cell holds exactly
+    path = tmp_path / "m.xlsx"
+    wb.save(path)
+    res = desk.import_xlsx(str(path), "offices", user="alice")
+    rows = {r["key"]: r for r in desk.show(res["batch"]["id"])["rows"]}
+    assert rows["00001"]["status"] == "invalid"
+    assert "more digits than Excel keeps" in rows["00001"]["errors"][0]["message"]
+    assert rows["00002"]["values"]["credit_limit"] == 999_999_999_999_999
+
 def test_office_scope_keeps_only_that_offices_rows(desk, tmp_path):
     from riversync.protocol.messages import Create
 

@@ -295,6 +295,13 @@ def _is_time_only(value: dt.datetime) -> bool:
     return value.date() in _EXCEL_EPOCHS and value.time() != dt.time(0)
 
 
+def _date_shape(fmt: str) -> str:
+    """A strptime format as a pattern of digits, to tell '31/02/2024' (the right form, no
+    such day) from 'next Friday' (not the form at all)."""
+    return (re.escape(fmt).replace("%d", r"\d{1,2}").replace("%m", r"\d{1,2}")
+            .replace("%Y", r"\d{4}"))
+
+
 def _to_date(rule: ColumnRule, value: Any, epoch: dt.datetime | None) -> tuple[str, str | None]:
     if isinstance(value, dt.time):
         raise ValueIssue("time without date: type the full date")
@@ -323,11 +330,15 @@ def _to_date(rule: ColumnRule, value: Any, epoch: dt.datetime | None) -> tuple[s
         system = "1904" if epoch.year == 1904 else "1900"
         return day.isoformat(), f"serial number {int(value)} read as a date ({system} date system)"
     if isinstance(value, str):
-        for fmt in ("%Y-%m-%d", _DATE_FORMATS.get(rule.date_format, "%d/%m/%Y")):
+        formats = ("%Y-%m-%d", _DATE_FORMATS.get(rule.date_format, "%d/%m/%Y"))
+        for fmt in formats:
             try:
                 return dt.datetime.strptime(value, fmt).date().isoformat(), None
             except ValueError:
                 continue
+        if any(re.fullmatch(_date_shape(fmt), value) for fmt in formats):
+            raise ValueIssue(f"{value!r} is not a real date (no such day in that month, or "
+                             "no such month)")
         raise ValueIssue(f"{value!r} is not a date in the form {rule.date_format}")
     raise ValueIssue(f"expected a date, found {type(value).__name__}")
 

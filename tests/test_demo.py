@@ -101,7 +101,7 @@ def check_excel_import(summary, d: Path) -> None:
     assert (players["valid"], players["invalid"]) == (6, 1)
     assert players["invalid_keys"] == ["P-N106"]
     assert list(players["invalid_by_reason"]) == [
-        "born_on: … is not a date in the form DD/MM/YYYY"]
+        "born_on: … is not a real date (no such day in that month, or no such month)"]
     assert players["unchanged_before_apply"] is True
     assert players["state"] == "applied" and players["events"] == 6
     assert regs["valid"] == regs["events"] == len(roster_keys("registrations")) == 6

@@ -11,7 +11,7 @@ from cli_cluster import make_cluster, run
 from hypothesis import given
 from hypothesis import strategies as st
 
-from riversync.node.staging import ColumnRule, coerce
+from riversync.node.staging import ColumnRule, ValueIssue, coerce
 
 
 @pytest.fixture
@@ -172,3 +172,11 @@ def test_a_true_false_cell_in_a_text_column_is_taken_with_a_note():
     value, note = coerce(ColumnRule("name", "text"), True)
     assert value == "TRUE" and "TRUE/FALSE cell" in note
     assert coerce(ColumnRule("name", "text"), "Ann") == ("Ann", None)
+
+
+@pytest.mark.parametrize("text", ["31/04/2024", "29/02/2023", "00/01/2024", "2024-02-30"])
+def test_a_date_in_the_right_form_that_does_not_exist_says_so(text):
+    with pytest.raises(ValueIssue, match="is not a real date"):
+        coerce(ColumnRule("born_on", "date"), text)
+    with pytest.raises(ValueIssue, match="not a date in the form DD/MM/YYYY"):
+        coerce(ColumnRule("born_on", "date"), "next Friday")

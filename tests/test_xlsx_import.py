@@ -230,7 +230,7 @@ def test_real_dates_serials_text_and_1904_written_here(env, tmp_path):
     _, got = stage(env, p, "starters")
     assert [got[n]["values"].get("start_date") for n in (2, 3, 4, 5)] == ["2024-03-15"] * 4
     assert "time without date" in messages(got[6])
-    assert "not a date" in messages(got[7])
+    assert "is not a real date" in messages(got[7])
     assert got[8]["status"] == "invalid"  # a time of day in a date column is not dropped silently
     rows_1904 = [["staff_id", "full_name", "start_date"], ["S-1", "A", 43904],
                  ["S-2", "B", dt.date(2024, 3, 15)]]

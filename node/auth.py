@@ -36,7 +36,8 @@ class Caller:
     def require(self, role: str, what: str) -> None:
         """Raises Forbidden unless this caller's role is at least ``role``."""
         if RANK.get(self.role, 0) < RANK[role]:
-            raise Forbidden(f"user {self.name!r} is a {self.role}; {what} needs the {role} role",
+            raise Forbidden(f"user {self.name!r} has the {self.role} role; {what} needs the "
+                            f"{role} role",
                             hint=who_can(role))
 
 

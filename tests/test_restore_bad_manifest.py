@@ -126,6 +126,9 @@ def test_hub_backup_never_writes_over_a_file_and_hub_restore_exits_by_the_rules(
         assert sorted(p.name for p in tmp_path.iterdir()) == names  # nothing else written
         p = cli("hub", "backup", "-c", hub, str(tmp_path), "--json")  # a folder: same rule
         assert p.returncode == 2 and "already exists" in p.stderr and p.stdout == ""
+        p = cli("hub", "backup", "-c", hub, str(tmp_path / "nodir" / "hub.db"))
+        assert p.returncode == 2 and "nodir does not exist" in p.stderr, p.stderr
+        assert not (tmp_path / "nodir").exists()
         # a node backup's name is its time: a second backup is a second file
         north_cfg = str(c.node_configs["north"])
         one, two = run("backup", "-c", north_cfg)["path"], run("backup", "-c", north_cfg)["path"]

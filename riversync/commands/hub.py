@@ -94,6 +94,9 @@ def cmd_backup(args) -> int:
         raise CommandError(f"no hub store at {cfg.db_path}", "check db_path in hub.toml",
                            exit_code=EXIT_UNAVAILABLE)
     out = Path(args.out)
+    if not out.absolute().parent.is_dir():
+        raise CommandError(f"folder {out.absolute().parent} does not exist",
+                           "create it or choose another FILE", exit_code=EXIT_CRITICAL)
     try:
         if out.exists() or out.is_symlink():
             raise FileExistsError(f"{out} already exists")

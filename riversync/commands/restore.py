@@ -48,7 +48,7 @@ def cmd_restore(args) -> int:
             res = call(client.post, "/v1/restore", {"backup": str(backup)})
         except CommandError as e:
             if str(e).startswith("the node refused: FORBIDDEN:"):
-                e.hint = ("a restore needs an admin of this office (an operator cannot): "
+                e.hint = ("a restore needs a user the roster makes admin (an operator cannot): "
                           "run it with an admin's token (--token or RIVERSYNC_TOKEN)")
             raise
         how = "by the running node"

@@ -66,16 +66,16 @@ class Node:
         """``direct(desk)`` when the database is ours, else the API call."""
         if self.desk is not None:
             from riversync.engine.errors import EngineError
-            from riversync.node.auth import RANK
+            from riversync.node.auth import RANK, who_can
             from riversync.node.staging import StagingError
 
             role = required_role(method, path)
             u = self.cfg.roster.users.get(self.user)
             if u is None or RANK.get(u.role, 0) < RANK[role]:
-                have = u.role if u is not None else "no roster user"
+                have = f"has the {u.role} role" if u is not None else "is not in the roster"
                 raise CommandError(
-                    f"FORBIDDEN: user {self.user!r} is a {have}; this needs the {role} role",
-                    "pass --user with an operator (or admin) of this office", EXIT_CRITICAL)
+                    f"FORBIDDEN: user {self.user!r} {have}; this needs the {role} role",
+                    who_can(role) + " (--user NAME)", EXIT_CRITICAL)
 
             try:
                 return direct(self.desk)

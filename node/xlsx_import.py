@@ -492,7 +492,7 @@ def _find_header(rows_iter: Iterator[tuple], rules: TableRules, name: str, title
 
 
 def _reason_key(column: str, message: str) -> str:
-    generic = re.sub(r"'[^']*'|\S*\d\S*", "…", message)
+    generic = re.sub(r"'[^']*'|[^\s()]*\d[^\s()]*", "…", message)  # brackets stay paired
     return f"{column}: {generic}" if column else generic
 
 

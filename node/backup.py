@@ -426,20 +426,54 @@ def restore_file(backup: Path, db_path: Path, stamp: str | None = None) -> list[
     Raises:
         BackupError: the backup fails verification (nothing was touched).
     """
+    return swap_in(stage_copy(backup, db_path), db_path, stamp)
+
+
+def stage_copy(backup: Path, db_path: Path) -> Path:
+    """A verified copy of ``backup`` beside ``db_path`` (``.<db>.restore-tmp``), durable on
+    disk, for the caller to prepare before ``swap_in``; ``db_path`` is not touched.
+
+    Raises:
+        BackupError: the backup fails verification.
+    """
     verify_backup(backup)
-    stamp = stamp or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     tmp = db_path.with_name(f".{db_path.name}.restore-tmp")
+    for suffix in ("-wal", "-shm", "-journal"):  # a restore killed earlier left these
+        Path(str(tmp) + suffix).unlink(missing_ok=True)
     shutil.copyfile(backup, tmp)
     _fsync_path(tmp)
     check_database(tmp)
-    moved: list[Path] = []
+    return tmp
+
+
+def swap_in(tmp: Path, db_path: Path, stamp: str | None = None) -> list[Path]:
+    """Make ``tmp`` the database at ``db_path`` in one rename; the old files are kept aside.
+
+    The old database gets its ``.pre-restore-<stamp>`` name as a second link before the
+    rename, so at every instant ``db_path`` is either the whole old database or the whole
+    new one: a process killed here never leaves the node without a database (which it
+    would start as a new, empty one).  Its ``-wal`` and ``-shm`` go aside first; a cleanly
+    closed database has none.  Returns the paths the old files were moved to.
+    """
+    for suffix in ("-wal", "-shm", "-journal"):
+        if Path(str(tmp) + suffix).exists():
+            raise BackupError(f"{tmp.name} was not closed cleanly ({suffix} left beside it)",
+                              "retry the restore", code="RESTORE_FAILED")
+    stamp = stamp or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     base = aside_path(db_path, stamp)
-    for suffix in ("", "-wal", "-shm", "-journal"):
+    moved: list[Path] = []
+    if db_path.exists():
+        try:
+            os.link(db_path, base)
+        except OSError:  # a file system without hard links: a durable copy instead
+            shutil.copyfile(db_path, base)
+            _fsync_path(base)
+        moved.append(base)
+    for suffix in ("-wal", "-shm", "-journal"):
         old = Path(str(db_path) + suffix)
         if old.exists():
-            aside = Path(str(base) + suffix)
-            os.replace(old, aside)
-            moved.append(aside)
+            os.replace(old, Path(str(base) + suffix))
+            moved.append(Path(str(base) + suffix))
     os.replace(tmp, db_path)
     _fsync_path(db_path.parent)
     return moved

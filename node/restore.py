@@ -5,9 +5,10 @@ manifest, SQLite's integrity check, and that it is a database of this node id an
 cluster.  A refused restore leaves the live database, its head file and a running node
 exactly as they were.
 
-After the files are swapped (``backup.restore_file``) the store begins a new node epoch
-(``Store.begin_epoch``) before anything else can write: new writes never reuse a number
-the node handed out after the backup was taken.  The old epoch's events are left as they
+The restored copy begins a new node epoch (``Store.begin_epoch``) and takes the writes
+made since the backup before it is swapped in (``backup.swap_in``), so nothing can write
+to it first: new writes never reuse a number the node handed out after the backup was
+taken.  The old epoch's events are left as they
 are, whether or not the hub can be reached now.  At the node's first hello the hub says
 what it holds of the old epoch: those events are acknowledged (and any the backup lacks
 come back through the pull), and the rest are pushed as the old epoch's continuation,
@@ -18,17 +19,24 @@ hub held at the time of the restore (see docs/how-to/operate.md).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from riversync.config import NodeConfig
 
 from . import head
 from .agent import META_CHAIN, META_PENDING, keep_restored_pending
-from .backup import BackupError, check_restorable, restore_file
+from .backup import BackupError, check_restorable, stage_copy, swap_in
 
 
 def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | None = None) -> dict:
-    """Swap ``backup`` in (no connection may be open), start a new epoch, return the store.
+    """Put ``backup`` in place (no connection may be open), in a new epoch; return the store.
+
+    The restored database is made whole beside the live one first (copied, opened, given
+    its new epoch and the writes it must carry over) and only then swapped in with one
+    rename.  A process killed at any point leaves either the old database, untouched, or
+    the new one with everything carried: never the backup without the writes taken since,
+    which would lose every one of them the hub had not yet received.
 
     ``hub_url`` is not used: the hub is asked at the node's next hello, not here, so a
     restore works the same with the hub away.
@@ -36,18 +44,18 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
     Raises:
         BackupError: the backup is damaged, or (``RestoreRefused``) not a database of this
             node of this cluster; raised before any file is touched.  ``RESTORE_FAILED``:
-            the store would not open the swapped-in file (a safety net behind the checks:
-            the previous files are put back first, so the node can open them again).
+            the store would not open the prepared copy (a safety net behind the checks:
+            the live database was never touched).
     """
     from .daemon import new_epoch, open_store
 
     del hub_url
     manifest = check_restorable(backup, cfg.node_id, cfg.roster, cfg.backup_dir)
     carry, unreadable = _own_events_beyond(cfg, schema, manifest)
-    moved = restore_file(backup, cfg.db_path)
+    tmp = stage_copy(backup, cfg.db_path)
     store = None
     try:
-        store = open_store(cfg, schema)
+        store = open_store(replace(cfg, db_path=tmp), schema)
         restored = store.digests()  # what the backup holds, before anything else touches it
         old_epoch = store.epoch
         unacked = store.outbox_size()
@@ -59,16 +67,32 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
         store.meta_set(META_PENDING, "")
         store.meta_set(META_CHAIN, "")
         carried = store.carry_own(carry)
-        head.record(store)  # the restored file is behind the old head: the new epoch is the head
+        top = store.own_seq(epoch) or 0
+        store.close()  # the last connection: checkpointed, no -wal left beside the copy
+        store = None
+        moved = swap_in(tmp, cfg.db_path)
     except Exception as e:
         if store is not None:
             store.close()
-        put_back(cfg.db_path, moved)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(str(tmp) + suffix).unlink(missing_ok=True)
+        if isinstance(e, BackupError):
+            raise
         code = getattr(e, "code", type(e).__name__)
         raise BackupError(
             f"{backup.name} passed the checks but could not be opened as node "
-            f"{cfg.node_id!r}'s database ({code}: {e}); the previous database was put back "
-            "and nothing changed", "choose another backup", code="RESTORE_FAILED") from e
+            f"{cfg.node_id!r}'s database ({code}: {e}); the live database was not touched",
+            "choose another backup", code="RESTORE_FAILED") from e
+    head.write(cfg.db_path, epoch, top)  # the restored file is behind the old head
+    try:
+        store = open_store(cfg, schema)
+    except Exception as e:
+        put_back(cfg.db_path, moved)
+        code = getattr(e, "code", type(e).__name__)
+        raise BackupError(
+            f"{backup.name} was restored but would not open again ({code}: {e}); the "
+            "previous database was put back", "choose another backup",
+            code="RESTORE_FAILED") from e
     return {
         "store": store,
         "backup": str(backup),
@@ -87,7 +111,7 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
 
 def put_back(db_path: Path, moved: list[Path]) -> None:
     """Undo a swap: drop the restored copy (the backup itself is untouched) and move the
-    files ``restore_file`` moved aside back to their names, ``-wal`` with its database."""
+    files ``swap_in`` moved aside back to their names, ``-wal`` with its database."""
     for suffix in ("-wal", "-shm", "-journal", ""):
         Path(str(db_path) + suffix).unlink(missing_ok=True)
     for aside in moved:

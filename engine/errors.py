@@ -103,6 +103,23 @@ class EpochRequired(EngineError):
     hint = "the first open of a database needs a node epoch (random 63-bit integer)"
 
 
+class NotNodeDatabase(EngineError):
+    """The file at db_path is a database, but not a node's: opening it would write the
+    engine's tables into someone else's data (a hub store, another program's file)."""
+
+    code = "NOT_NODE_DB"
+    hint = ("check db_path in the node config: it must name this node's own database, or a "
+            "file that does not exist yet")
+
+
+class DatabaseUnreadable(EngineError):
+    """db_path names no SQLite database at all (a folder, a damaged or foreign file)."""
+
+    code = "DB_UNREADABLE"
+    hint = ("check db_path in the node config; a damaged node database is restored with "
+            "`riversync restore -c NODE.toml BACKUP`")
+
+
 class WrongCluster(EngineError):
     code = "WRONG_CLUSTER"
     hint = ("this database belongs to another cluster: check db_path in the node config, or "

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 
 
 def cmd_serve(args) -> int:
-    from riversync.engine.errors import EngineError
+    from riversync.engine.errors import DatabaseUnreadable, EngineError
     from riversync.node.daemon import NodeLocked, schema_path_for, serve
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s "
@@ -63,6 +63,8 @@ def cmd_serve(args) -> int:
         raise CommandError(str(e), "stop the other daemon first", EXIT_UNAVAILABLE) from None
     except ConfigError as e:  # the key file it names: missing, wrong node, mode, not hex
         raise CommandError(str(e), e.hint, exit_code=EXIT_CRITICAL) from None
+    except DatabaseUnreadable as e:
+        raise CommandError(str(e), e.hint, exit_code=EXIT_UNAVAILABLE) from None
     except EngineError as e:
         raise CommandError(str(e), e.hint, exit_code=EXIT_CRITICAL) from None
     except OSError as e:

@@ -1,0 +1,90 @@
+"""`riversync node serve` whose db_path names something other than the node's database
+(a hub store, another program's database, a folder, a damaged file) refuses before it
+writes anything: one `riversync:` line, a `Try:` line, no traceback, the file unchanged.
+(Opening migrates: it once wrote the engine's tables into a hub store, then refused.)"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import apsw
+import pytest
+
+from riversync.cli import main
+from riversync.node.localcluster import free_port, update_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cluster(tmp_path, capsys):
+    d = tmp_path / "c"
+    assert main(["cluster", "init", "--offices", "north,south", str(d)]) == 0
+    shutil.copy(ROOT / "examples" / "leagues" / "schema.toml", d / "schema.toml")
+    update_toml(d / "node-north.toml", listen_port=free_port())
+    capsys.readouterr()
+    return d
+
+
+def hub_store(path: Path) -> None:
+    conn = apsw.Connection(str(path))
+    conn.execute("CREATE TABLE hub_epochs(x); CREATE TABLE hub_batches(y);"
+                 "INSERT INTO hub_batches VALUES (1)")
+    conn.close()
+
+
+def other_database(path: Path) -> None:
+    conn = apsw.Connection(str(path))
+    conn.execute("CREATE TABLE invoices(id INTEGER PRIMARY KEY, total); "
+                 "INSERT INTO invoices VALUES (1, 99)")
+    conn.close()
+
+
+def damaged(path: Path) -> None:
+    path.write_bytes(b"not sqlite at all, just bytes" * 400)
+
+
+def folder(path: Path) -> None:
+    path.mkdir()
+
+
+@pytest.mark.parametrize("make,code,words,exit_code", [
+    (hub_store, "NOT_NODE_DB", "is a hub store", 2),
+    (other_database, "NOT_NODE_DB", "a database of something else", 2),
+    (damaged, "DB_UNREADABLE", "not a readable SQLite database", 3),
+    (folder, "DB_UNREADABLE", "not a file", 3),
+])
+def test_a_db_path_that_is_not_a_node_database_is_refused_untouched(cluster, make, code,
+                                                                      words, exit_code):
+    db = cluster / "north.db"
+    make(db)
+    before = hashlib.sha256(db.read_bytes()).hexdigest() if db.is_file() else None
+    p = subprocess.run([sys.executable, "-m", "riversync.cli", "node", "serve", "-c",
+                        "node-north.toml"], cwd=cluster, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == exit_code, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith(("riversync:", "Try:"))]
+    assert len(lines) == 2 and code in lines[0] and words in lines[0], p.stderr
+    if before is not None:
+        assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert not Path(str(db) + "-wal").exists()
+
+
+def test_an_empty_file_at_db_path_becomes_a_new_node_database(cluster):
+    """An empty file (touch north.db) is a new database, as a missing one is."""
+    from riversync.config import load_node_config
+    from riversync.engine.schema import load_schema
+    from riversync.node import daemon
+
+    (cluster / "north.db").touch()
+    cfg = load_node_config(cluster / "node-north.toml")
+    store = daemon.open_store(cfg, load_schema(cluster / "schema.toml"))
+    try:
+        assert store.epoch > 0
+    finally:
+        store.close()

@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,7 +409,7 @@ async def serve(cfg: NodeConfig, schema_path: Path | None = None, *,
     del key
     metrics = NodeMetrics()
     db = DbThread(on_write=lambda kind, s: metrics.write_latency.labels(kind=kind).observe(s))
-    with db_lock(cfg.db_path):
+    with db_lock(cfg.db_path), _listening(cfg) as sock:
         store = await db.run(open_store, cfg, schema)
         renewed = await db.run(renew_if_behind, store)
         if renewed:
@@ -422,7 +423,7 @@ async def serve(cfg: NodeConfig, schema_path: Path | None = None, *,
         app = build_app(ctx)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port)
+        site = web.SockSite(runner, sock)
         await site.start()
         ctx.agent.start()
         stop = stop or asyncio.Event()
@@ -443,6 +444,19 @@ async def serve(cfg: NodeConfig, schema_path: Path | None = None, *,
             db.shutdown()
     print(f"riversync node {cfg.node_id} stopped", flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def _listening(cfg: NodeConfig):
+    """The API's socket, bound before the database opens or the agent says hello: a port in
+    use is one clear refusal, not a hello to the hub and a half-started node. Connections
+    made during the first sync wait in the backlog until the API serves."""
+    family = socket.AF_INET6 if ":" in cfg.listen_host else socket.AF_INET
+    sock = socket.create_server((cfg.listen_host, cfg.listen_port), family=family)
+    try:
+        yield sock
+    finally:
+        sock.close()
 
 
 def level_is_critical(level: str) -> bool:

@@ -17,6 +17,7 @@ import os
 import re
 import stat
 import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -384,6 +385,10 @@ def load_node_config(path: Path | str) -> NodeConfig:
     hub_url = f.str("hub_url")
     if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", hub_url):
         raise f.error("hub_url", f"must be an http:// or https:// URL, got {hub_url!r}")
+    try:
+        urllib.parse.urlsplit(hub_url).port  # noqa: B018 - raises on a port out of range
+    except ValueError as e:
+        raise f.error("hub_url", f"{hub_url!r} is not a usable URL: {e}") from None
     host = f.str("listen_host", DEFAULT_LISTEN_HOST)
     port = _port(f, "listen_port", DEFAULT_NODE_PORT)
     db_path = f.path_("db_path", f"{node_id}.db")

@@ -78,6 +78,7 @@ def test_bad_hub_settings_name_the_field(cdir, change, field, words):
         ({"node_id": "west"}, "node_id", "not a node"),
         ({"node_id": None}, "node_id", "missing"),
         ({"hub_url": "ftp://x"}, "hub_url", "http"),
+        ({"hub_url": "http://127.0.0.1:99999"}, "hub_url", "out of range"),
         ({"sync_interval_s": 0}, "sync_interval_s", "between"),
         ({"realtime": "yes"}, "realtime", "true or false"),
         ({"alerts.critical_no_sync_s": 60}, "alerts.critical_no_sync_s", "warn_no_sync_s"),

@@ -1,4 +1,6 @@
-"""`riversync node serve` whose db_path names something other than the node's database
+"""`riversync node serve` refuses a start it cannot make, before it does anything.
+
+Its db_path names something other than the node's database
 (a hub store, another program's database, a folder, a damaged file) refuses before it
 writes anything: one `riversync:` line, a `Try:` line, no traceback, the file unchanged.
 (Opening migrates: it once wrote the engine's tables into a hub store, then refused.)"""
@@ -88,3 +90,20 @@ def test_an_empty_file_at_db_path_becomes_a_new_node_database(cluster):
         assert store.epoch > 0
     finally:
         store.close()
+
+
+def test_a_listen_port_in_use_is_refused_before_the_node_says_hello(cluster):
+    """The socket is bound first: no hello to the hub, no half-started agent, no database."""
+    import socket
+    import tomllib
+
+    port = tomllib.loads((cluster / "node-north.toml").read_text())["listen_port"]
+    with socket.create_server(("127.0.0.1", port)):
+        p = subprocess.run([sys.executable, "-m", "riversync.cli", "node", "serve", "-c",
+                            "node-north.toml"], cwd=cluster, capture_output=True, text=True,
+                           timeout=60)
+    assert p.returncode == 3, p.stderr
+    assert "Traceback" not in p.stderr and "HUB_UNREACHABLE" not in p.stderr
+    assert "Unclosed" not in p.stderr, p.stderr
+    assert f"is port {port} already in use?" in p.stderr
+    assert not (cluster / "north.db").exists()

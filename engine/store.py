@@ -59,8 +59,10 @@ from .errors import (
     BadKey,
     BadValue,
     ConflictNotFound,
+    DatabaseUnreadable,
     EpochRequired,
     MissingReference,
+    NotNodeDatabase,
     NotOwner,
     RowExists,
     RowNotFound,
@@ -951,6 +953,35 @@ class Store:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def is_empty_database(path: os.PathLike) -> bool:
+    """Whether an existing file is an empty database (a new node's); anything but that or
+    a node's database is refused here, before ``Store.open``, since opening migrates.
+
+    Raises:
+        DatabaseUnreadable: a folder, or a file SQLite cannot read.
+        NotNodeDatabase: a database with tables but no node engine's (a hub store...).
+    """
+    if not os.path.isfile(path):
+        raise DatabaseUnreadable(f"{path} is not a file (a folder?)")
+    try:
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE "
+                                                 "type = 'table'")}
+        finally:
+            conn.close()
+    except apsw.Error as e:
+        raise DatabaseUnreadable(f"{path} is not a readable SQLite database "
+                                 f"({type(e).__name__}: {e}); it was not changed") from None
+    if tables and "_rs_meta" not in tables:
+        what = ("a hub store" if {"hub_epochs", "hub_batches"} <= tables
+                else "a database of something else")
+        raise NotNodeDatabase(f"{path} is {what}, not a riversync node database "
+                              f"(tables {', '.join(sorted(tables)[:5])}...); it was not "
+                              "changed")
+    return not tables
 
 
 def read_identity(conn: apsw.Connection, keys: Iterable[str] = ()) -> dict | None:

@@ -96,9 +96,9 @@ def open_store(cfg: NodeConfig, schema: Any, *, epoch: int | None = None,
                adopt_schema: bool = False):
     """Open (or create) the node's store; a new database gets a fresh random epoch.
     ``adopt_schema``: see ``Store.open`` (``riversync node adopt-schema``)."""
-    from riversync.engine.store import Store
+    from riversync.engine.store import Store, is_empty_database
 
-    if epoch is None and (not cfg.db_path.exists() or _is_empty_database(cfg.db_path)):
+    if epoch is None and (not cfg.db_path.exists() or is_empty_database(cfg.db_path)):
         epoch = new_epoch()
     cfg.db_path.parent.mkdir(parents=True, exist_ok=True)
     store = Store.open(str(cfg.db_path), schema, cfg.roster, cfg.node_id, epoch=epoch,
@@ -109,39 +109,6 @@ def open_store(cfg: NodeConfig, schema: Any, *, epoch: int | None = None,
         store.close()
         raise
     return store
-
-
-def _is_empty_database(path: Path) -> bool:
-    """Whether an existing db_path is an empty database (a new node's); refuse anything
-    but that or a node's database before the store opens it, since opening migrates.
-
-    Raises:
-        DatabaseUnreadable: a folder, or a file SQLite cannot read.
-        NotNodeDatabase: a database with tables but no node engine's (a hub store...).
-    """
-    import apsw
-
-    from riversync.engine.errors import DatabaseUnreadable, NotNodeDatabase
-
-    if not path.is_file():
-        raise DatabaseUnreadable(f"db_path {path} is not a file (a folder?)")
-    try:
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-        try:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE "
-                                                 "type = 'table'")}
-        finally:
-            conn.close()
-    except apsw.Error as e:
-        raise DatabaseUnreadable(f"db_path {path} is not a readable SQLite database "
-                                 f"({type(e).__name__}: {e}); it was not changed") from None
-    if tables and "_rs_meta" not in tables:
-        what = ("a hub store" if {"hub_epochs", "hub_batches"} <= tables
-                else "a database of something else")
-        raise NotNodeDatabase(f"db_path {path} is {what}, not a riversync node database "
-                              f"(tables {', '.join(sorted(tables)[:5])}...); it was not "
-                              "changed")
-    return not tables
 
 
 def renew_if_behind(store) -> tuple[int, int] | None:

@@ -49,7 +49,7 @@ def test_north_roster_workbook(north, tmp_path):
     s = players["summary"]
     assert s["sheet"] == "players" and s["valid"] == 6 and s["invalid"] == 1
     bad = north.show(players["batch"]["id"], status="invalid")["rows"]
-    assert bad[0]["key"] == "P-N106" and "not a date" in str(bad[0]["errors"])
+    assert bad[0]["key"] == "P-N106" and "not a real date" in str(bad[0]["errors"])
     good = {r["key"]: r["values"] for r in north.show(players["batch"]["id"])["rows"]}
     assert good["P-N101"]["born_on"] == "2011-04-02"
     assert good["P-N102"]["born_on"] == "2012-09-17"

@@ -27,6 +27,7 @@ from riversync.config import NodeConfig
 from . import head
 from .agent import META_CHAIN, META_PENDING, keep_restored_pending
 from .backup import BackupError, check_restorable, stage_copy, swap_in
+from .staging import carry_staging
 
 
 def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | None = None) -> dict:
@@ -67,6 +68,8 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
         store.meta_set(META_PENDING, "")
         store.meta_set(META_CHAIN, "")
         carried = store.carry_own(carry)
+        staged = (carry_staging(store.conn, str(cfg.db_path))
+                  if cfg.db_path.is_file() and unreadable is None else 0)
         top = store.own_seq(epoch) or 0
         store.close()  # the last connection: checkpointed, no -wal left beside the copy
         store = None
@@ -105,6 +108,7 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
         "restored_events": restored["events"],
         "carried_over": carried,
         "carried_over_events": [[ev.epoch, ev.seq] for ev in carry[:50]],
+        "staging_batches_carried_over": staged,
         "previous_database_unreadable": unreadable,
     }
 

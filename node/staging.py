@@ -788,6 +788,46 @@ def _messages_0002(conn) -> None:
 
 MIGRATIONS = [("staging_0001", lambda conn: conn.execute(SCHEMA_SQL)),
               ("staging_0002", _messages_0002)]
+STAGING_TABLES = ("staging_batches", "staging_rows", "staging_messages", "staging_parts")
+
+
+def carry_staging(conn, old_path: str) -> int:
+    """Put the staging of the database at ``old_path`` in place of ``conn``'s; returns how
+    many of its batches ``conn`` lacked.
+
+    A restore calls this with the database it puts aside.  Staging is the node's own
+    record of what was uploaded and decided, never replicated: batches staged since the
+    backup (an email moved to processed/ is never staged twice, so it would be lost for
+    good), and batches applied or rejected since, whose events are carried over (left
+    pending, they could be applied a second time).  Batch ids stay as they were, and the
+    id sequence goes on after the highest, so an audit source names one batch only.
+    """
+    import apsw
+
+    migrate(conn, MIGRATIONS)
+    old = apsw.Connection(old_path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        present = {r[0] for r in old.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "staging_batches" not in present:
+            return 0
+        mine = {r[0] for r in conn.execute("SELECT id FROM staging_batches")}
+        with transaction(conn):
+            for t in reversed(STAGING_TABLES):
+                conn.execute(f"DELETE FROM {t}")
+            for t in STAGING_TABLES:
+                have = [r[1] for r in conn.execute(f"PRAGMA table_info({t})")]
+                cols = ", ".join(c for c in (r[1] for r in old.execute(f"PRAGMA table_info({t})"))
+                                 if c in have)
+                marks = ", ".join("?" * len(cols.split(", ")))
+                conn.executemany(f"INSERT INTO {t}({cols}) VALUES ({marks})",
+                                 old.execute(f"SELECT {cols} FROM {t}"))
+            top = max([r[0] for r in old.execute("SELECT seq FROM sqlite_sequence WHERE "
+                                                 "name='staging_batches'")] + [0])
+            conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE "
+                         "name='staging_batches'", (top,))
+        return sum(1 for (i,) in conn.execute("SELECT id FROM staging_batches") if i not in mine)
+    finally:
+        old.close()
 PENDING, APPLIED, REJECTED, FAILED = "pending", "applied", "rejected", "failed"
 FLAG_EXPORT_REIMPORT = "export_reimport"
 _INSERT_CHUNK = 2000

@@ -80,6 +80,9 @@ def cmd_restore(args) -> int:
               "backup and are not in it (kept under their own ids; the hub gets those it "
               "lacks)" + (": " + ", ".join(f"{e}/{s}" for e, s in
                                           res.get("carried_over_events", [])) if carried else ""))
+        if not res.get("previous_database_unreadable"):
+            print(f"  carried over the staging record as it was ("
+                  f"{res['staging_batches_carried_over']} batch(es) staged after the backup)")
         if res.get("previous_database_unreadable"):
             print(f"  WARNING: the previous database could not be read, so nothing was "
                   f"carried over from it: {res['previous_database_unreadable']}")

@@ -1,0 +1,76 @@
+"""A restore keeps the staging record: batches staged after the backup stay (an email
+moved to processed/ is never staged twice, so one dropped would be lost for good), batches
+applied since stay applied (left pending, they could be applied a second time), and batch
+ids are never handed out again (an audit source names one batch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import openpyxl
+import pytest
+from cli_cluster import make_cluster, run
+
+
+@pytest.fixture
+def cluster(tmp_path, capsys, monkeypatch):
+    return make_cluster(tmp_path, capsys, monkeypatch)
+
+
+def workbook(path, rows):
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "customers"
+    ws.append(["customer_id", "name"])
+    for r in rows:
+        ws.append(list(r))
+    wb.save(path)
+    return str(path)
+
+
+def cli_json(capsys, *argv) -> dict:
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def batches(capsys) -> dict[int, str]:
+    got = cli_json(capsys, "staging", "list", "-c", "node-north.toml")["batches"]
+    return {b["id"]: b["state"] for b in got}
+
+
+def test_restore_keeps_batches_staged_and_decided_after_the_backup(cluster, capsys, tmp_path):
+    cfg = "node-north.toml"
+    run(capsys, "import", "xlsx", workbook(tmp_path / "a.xlsx", [("C-1", "Ann")]),
+        "--table", "customers", "-c", cfg)
+    backup = cli_json(capsys, "backup", "-c", cfg)["path"]
+    run(capsys, "import", "xlsx", workbook(tmp_path / "b.xlsx", [("C-2", "Bob")]),
+        "--table", "customers", "-c", cfg)
+    assert run(capsys, "staging", "apply", "1", "-c", cfg)[0] == 0  # staged before, applied after
+    drop = cluster / "drop"
+    drop.mkdir()
+    (drop / "m.eml").write_bytes(
+        b"From: sec@club.example\r\nSubject: new customer\r\nMessage-ID: <m1@x>\r\n\r\n"
+        b"table: customers\r\ncustomer_id: C-3\r\nname: Cy\r\n")
+    assert run(capsys, "ingest", "email", str(drop), "-c", cfg)[0] == 0
+    before = batches(capsys)
+    assert before == {1: "applied", 2: "pending", 3: "pending"}
+
+    res = cli_json(capsys, "restore", "-c", cfg, backup)
+    assert res["staging_batches_carried_over"] == 2
+    assert batches(capsys) == before
+    shown = cli_json(capsys, "staging", "show", "3", "-c", cfg)
+    assert shown["message"]["message_id"] == "m1@x"
+    # the message is known: the same file dropped again is a redelivery, not a new batch
+    shutil.copy(drop / "processed" / "m.eml", drop / "m.eml")
+    again = cli_json(capsys, "ingest", "email", str(drop), "-c", cfg)
+    assert again["duplicates"] and not again["staged"]
+    # a new upload gets a new id, never one the record already names
+    code, out, err = run(capsys, "import", "xlsx", workbook(tmp_path / "c.xlsx", [("C-4", "Di")]),
+                         "--table", "customers", "-c", cfg)
+    assert code == 0 and "staged batch 4" in out, (out, err)
+    # applied once, not twice: batch 1 stays applied and C-1 is one create in the journal
+    assert run(capsys, "staging", "apply", "1", "-c", cfg)[0] != 0
+    assert os.path.exists(backup)

@@ -65,7 +65,12 @@ class HubClient:
         except (msgspec.DecodeError, msgspec.ValidationError):
             if status >= 500:
                 raise HubUnreachable(f"{path}: HTTP {status} without an error reply") from None
-            raise ProtocolError(f"hub answered HTTP {status} without an error reply") from None
+            raise ProtocolError(
+                f"{self.base_url} answered HTTP {status} with no riversync error reply: it "
+                "is not a riversync hub (a node's API, another service?), or a hub of a "
+                "much older version",
+                hint="check hub_url in the node config: it names the address of `riversync "
+                     "hub serve`, not a node's") from None
         error = from_wire({"code": err.code, "message": err.message})
         error.action = err.action or error.action
         if err.hint:

@@ -63,6 +63,9 @@ def test_refused_file_exits_2_and_stages_nothing(cluster, capsys):
     code, out, err = run(capsys, "import", "xlsx", "missing.xlsx", "--table", "customers",
                          "-c", "node-north.toml")
     assert code == 3 and "no such file" in err
+    code, out, err = run(capsys, "import", "xlsx", ".", "--table", "customers",
+                         "-c", "node-north.toml")
+    assert code == 2 and "is a folder, not a file" in err
     code, out, err = run(capsys, "import", "xlsx", os.path.join(DATA, "C25-phantom-rows.xlsx"),
                          "--table", "nope", "-c", "node-north.toml")
     assert code == 2 and "STAGING_UNKNOWN_TABLE" in err

@@ -292,5 +292,8 @@ def b64_file(path: str) -> str:
 
 
 def check_file(path: str) -> None:
+    if os.path.isdir(path):
+        raise CommandError(f"{path} is a folder, not a file", "name the workbook inside it",
+                           EXIT_CRITICAL)
     if not os.path.isfile(path):
         raise CommandError(f"no such file: {path}", "check the path", EXIT_UNAVAILABLE)

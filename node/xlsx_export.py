@@ -114,6 +114,7 @@ def select_rows(shapes: dict[str, TableShape], source: RowSource, scope: tuple[s
     return {t: [(r, o) for r, o in all_rows[t] if r[shapes[t].key] in keep[t]] for t in shapes}
 
 
+_FIRST_EXCEL_DAY = dt.date(1900, 3, 1)
 EXCEL_EXACT = 10**15  # the first whole number with more digits than an Excel number keeps
 
 
@@ -128,11 +129,15 @@ def _cell(ws, value, ctype: str):
         return None
     if ctype == "date" and isinstance(value, str):
         try:
-            c = WriteOnlyCell(ws, value=dt.date.fromisoformat(value))
+            day = dt.date.fromisoformat(value)
+        except ValueError:
+            day = None
+        # Excel has no date cell before 1 March 1900 that reads back as itself (serial 0
+        # is a time, earlier ones negative): those stay ISO text, which the import reads.
+        if day is not None and day >= _FIRST_EXCEL_DAY:
+            c = WriteOnlyCell(ws, value=day)
             c.number_format = "yyyy-mm-dd"
             return c
-        except ValueError:
-            pass
     if ctype in ("money", "integer") and isinstance(value, int) and not isinstance(value, bool):
         if abs(value) >= EXCEL_EXACT:
             # Excel keeps 15 significant digits of a number cell: a longer one goes out as

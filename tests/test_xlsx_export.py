@@ -101,6 +101,22 @@ def test_amounts_and_integers_past_excels_15_digits_survive_export_and_reimport(
     assert desk.show(res["batch"]["id"])["rows"][0]["values"]["credit_limit"] == big_int
 
 
+
+def test_dates_excel_cannot_hold_go_out_as_text_and_come_back(desk, tmp_path):
+    desk.store.commit_local([
+        LocalChange("create", "starters", "S-1", {"full_name": "A", "start_date": "1899-12-31"}),
+        LocalChange("create", "starters", "S-2", {"full_name": "B", "start_date": "1850-06-01"}),
+        LocalChange("create", "starters", "S-3", {"full_name": "C", "start_date": "1900-03-01"}),
+    ], user="alice", now_ms=T0)
+    out = tmp_path / "old.xlsx"
+    desk.export(str(out), "office=north", node="north")
+    ws = openpyxl.load_workbook(out)["starters"]
+    assert [ws.cell(r, 3).value for r in (2, 3)] == ["1899-12-31", "1850-06-01"]
+    assert ws.cell(4, 3).value == dt.datetime(1900, 3, 1)
+    res = desk.import_xlsx(str(out), "starters", user="alice")
+    got = {r["key"]: r["values"]["start_date"] for r in desk.show(res["batch"]["id"])["rows"]}
+    assert got == {"S-1": "1899-12-31", "S-2": "1850-06-01", "S-3": "1900-03-01"}
+
 def test_a_money_number_cell_past_15_digits_is_refused_not_rounded(desk, tmp_path):
     wb = openpyxl.Workbook()
     ws = wb.active

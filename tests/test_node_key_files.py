@@ -11,20 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from riversync.cli import main
-from riversync.node.localcluster import free_port, update_toml
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def cluster(tmp_path, capsys):
-    d = tmp_path / "c"
-    assert main(["cluster", "init", "--offices", "north,south", str(d)]) == 0
-    shutil.copy(ROOT / "examples" / "leagues" / "schema.toml", d / "schema.toml")
-    update_toml(d / "node-north.toml", listen_port=free_port())
-    capsys.readouterr()
-    return d
+def cluster(north_dir):
+    return north_dir
 
 
 def spoil_wrong_node(d: Path) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import itertools
 import json
 import operator
 import os
@@ -698,17 +699,29 @@ class Store:
             ctx.finish()
         return new_events
 
-    def carry_own(self, events: list[AnyEvent]) -> int:
+    def own_sources(self, epoch: int, seqs: Iterable[int]) -> dict[int, str | None]:
+        """Where each of these own events of ``epoch`` came from (its audit source)."""
+        return dict(self.conn.execute(
+            "SELECT i.seq, j.source FROM _rs_ids i JOIN _rs_journal j USING (jid)"
+            " WHERE i.node=? AND i.epoch=? AND i.seq IN (SELECT value FROM json_each(?))",
+            (self.node_id, epoch, json.dumps(sorted(set(seqs))))))
+
+    def carry_own(self, events: list[AnyEvent],
+                  sources: dict[tuple[int, int], str | None] | None = None) -> int:
         """Take this node's own events from another copy of its database (the file a restore
         put aside) under their own ids, as local writes the hub may not hold yet.
 
-        Ids this database holds already are skipped.  The events then settle with the hub
-        like any own event of an older epoch: compared with what the hub sends back, and
-        the rest pushed as their epoch's continuation.  Returns how many were taken.
+        Ids this database holds already are skipped.  ``sources`` ((epoch, seq) -> audit
+        source in that copy) keeps what the audit said of each, such as the staging batch
+        it came from; an event without one is marked carried over.  The events then settle
+        with the hub like any own event of an older epoch: compared with what the hub sends
+        back, and the rest pushed as their epoch's continuation.  Returns how many were taken.
         """
         events = [ev for ev in events if ev.node == self.node_id]
         if not events:
             return 0
+        sources = sources or {}
+        taken = 0
         with db.transaction(self.conn, durable=True):
             last = _meta(self.conn, "last_hlc") or 0
             _meta_set(self.conn, "last_hlc", max(last, max(ev.hlc for ev in events)))
@@ -718,10 +731,14 @@ class Store:
             for epoch, top in tops.items():
                 if (_meta(self.conn, f"seq:{epoch}") or 0) < top:
                     _meta_set(self.conn, f"seq:{epoch}", top)
-            ctx = _Apply(self, f"{LOCAL}:carried over")
-            ctx.ingest(events)
-            ctx.finish()
-            return ctx.result.received - ctx.result.duplicates
+            # One apply per run of events with the same source, in their order.
+            for source, run in itertools.groupby(
+                    events, lambda ev: sources.get((ev.epoch, ev.seq)) or f"{LOCAL}:carried over"):
+                ctx = _Apply(self, source)
+                ctx.ingest(list(run))
+                ctx.finish()
+                taken += ctx.result.received - ctx.result.duplicates
+        return taken
 
     # ------------------------------------------------------------------ reading
 

@@ -52,7 +52,7 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
 
     del hub_url
     manifest = check_restorable(backup, cfg.node_id, cfg.roster, cfg.backup_dir)
-    carry, unreadable = _own_events_beyond(cfg, schema, manifest)
+    carry, sources, unreadable = _own_events_beyond(cfg, schema, manifest)
     tmp = stage_copy(backup, cfg.db_path)
     store = None
     try:
@@ -67,7 +67,7 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
         keep_restored_pending(store)
         store.meta_set(META_PENDING, "")
         store.meta_set(META_CHAIN, "")
-        carried = store.carry_own(carry)
+        carried = store.carry_own(carry, sources)
         staged = (carry_staging(store.conn, str(cfg.db_path))
                   if cfg.db_path.is_file() and unreadable is None else 0)
         top = store.own_seq(epoch) or 0
@@ -123,7 +123,8 @@ def put_back(db_path: Path, moved: list[Path]) -> None:
         aside.replace(Path(str(db_path) + suffix))
 
 
-def _own_events_beyond(cfg: NodeConfig, schema, manifest: dict) -> tuple[list, str | None]:
+def _own_events_beyond(cfg: NodeConfig, schema, manifest: dict
+                       ) -> tuple[list, dict, str | None]:
     """This node's own events in the database about to be put aside that the backup lacks.
 
     Writes taken after the backup (each answered with a 2xx) may not have reached the hub
@@ -132,12 +133,13 @@ def _own_events_beyond(cfg: NodeConfig, schema, manifest: dict) -> tuple[list, s
     is recognised by content at the next pull, the rest is pushed as their epoch's
     continuation.  The backup's manifest names how far each own epoch goes in it (without
     a manifest every own event is read; the ones the backup holds are skipped on the way
-    in).  Returns (events, why the current file could not be read, or None).
+    in).  Returns (events, their audit sources by (epoch, seq), why the current file could
+    not be read or None).
     """
     from .daemon import open_store
 
     if not cfg.db_path.exists():
-        return [], None
+        return [], {}, None
     tops: dict[int, int] = {}
     for origin, top in (manifest.get("events") or {}).items():
         node, _, epoch = str(origin).rpartition("/")
@@ -146,15 +148,18 @@ def _own_events_beyond(cfg: NodeConfig, schema, manifest: dict) -> tuple[list, s
     try:
         live = open_store(cfg, schema)
     except Exception as e:  # noqa: BLE001 - a broken file is a reason to restore
-        return [], f"{type(e).__name__}: {e}"
+        return [], {}, f"{type(e).__name__}: {e}"
     try:
         events: list = []
+        sources: dict[tuple[int, int], str | None] = {}
         for epoch in sorted(live.own_epochs()):
             top = live.own_seq(epoch) or 0
             low = tops.get(epoch, 0)
             if top > low:
                 found = live.own_events(epoch, range(low + 1, top + 1))
                 events.extend(found[s] for s in sorted(found))
-        return events, None
+                sources.update(((epoch, s), src) for s, src in
+                               live.own_sources(epoch, found).items())
+        return events, sources, None
     finally:
         live.close()

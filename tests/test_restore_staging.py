@@ -73,4 +73,15 @@ def test_restore_keeps_batches_staged_and_decided_after_the_backup(cluster, caps
     assert code == 0 and "staged batch 4" in out, (out, err)
     # applied once, not twice: batch 1 stays applied and C-1 is one create in the journal
     assert run(capsys, "staging", "apply", "1", "-c", cfg)[0] != 0
+    # the carried write still names the batch it came from in the audit
+    from riversync.config import load_node_config
+    from riversync.engine.schema import load_schema
+    from riversync.node import daemon
+
+    store = daemon.open_store(load_node_config(cluster / cfg), load_schema(cluster / "schema.toml"))
+    try:
+        sources = {a["pk"]: a["source"] for a in store.audit(limit=10)}
+    finally:
+        store.close()
+    assert sources["C-1"].endswith("staging:1"), sources
     assert os.path.exists(backup)

@@ -71,6 +71,9 @@ DRAIN_FACTOR = 4  # an oversized body is read and dropped up to this many times 
 READER_THREADS = 4  # store reads (pulls, status) run here, beside the writer thread
 BODY_TIMEOUT_S = 300.0  # s; a request body must arrive within this (16 MiB at ~0.5 Mbit/s),
 # so a stalled or deliberately slow client cannot hold a concurrency slot for ever
+BODY_GRACE_S = 10.0  # s; after this a body must average MIN_BODY_RATE, and no pause in it
+MIN_BODY_RATE = 8 * 1024  # bytes/s may last longer, so a slow-body client is cut off soon
+BODY_READERS_FACTOR = 4  # bodies being received at once: this many times the request limit
 UNLIMITED_PATHS = frozenset({"/metrics", "/healthz"})  # monitoring works when the hub is busy
 
 
@@ -92,6 +95,7 @@ class Hub:
         self.nonces = NonceBook(self.lim.fresh_window_ms, self.lim.max_nonces)
         self.metrics = HubMetrics(self.status_snapshot, lambda: self.writer.commits)
         self.inflight = 0  # requests being worked on (the middleware counts them)
+        self.receiving = 0  # requests whose body is arriving (they hold no slot meanwhile)
         self.waiting = 0  # pulls waiting for a batch
         self._changed = asyncio.Event()
         self._closing = False
@@ -108,12 +112,44 @@ class Hub:
         ev.set()
 
     async def read_body(self, request: web.Request) -> bytes:
+        """The request's body; while it arrives the request gives its concurrency slot back.
+
+        Clients that send their bodies slowly (a bad link, or on purpose: 64 of them used to
+        hold every slot for minutes, without a key) count against a separate, larger bound
+        and are cut off once they fall below ``MIN_BODY_RATE``; honest requests, whose small
+        bodies arrive at once, still find a slot.
+        """
+        readers = BODY_READERS_FACTOR * self.lim.max_concurrent_requests
+        if self.receiving >= readers:
+            raise Busy(f"{self.receiving} request bodies are arriving; the limit is {readers}")
+        self.receiving += 1
+        self.inflight -= 1
         try:
             async with asyncio.timeout(BODY_TIMEOUT_S):
                 return await self._read_body(request)
         except TimeoutError:
             raise RequestTimeout(
-                f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s") from None
+                f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s, or arrived "
+                f"slower than {MIN_BODY_RATE} bytes/s after {BODY_GRACE_S:.0f} s") from None
+        finally:
+            self.receiving -= 1
+            self.inflight += 1
+
+    async def _chunks(self, request: web.Request):
+        """The body's chunks; TimeoutError once it pauses past the grace period or its
+        average rate falls below the minimum after it."""
+        started = time.monotonic()
+        got = 0
+        while True:
+            async with asyncio.timeout(BODY_GRACE_S):
+                chunk = await request.content.readany()
+            if not chunk:
+                return
+            got += len(chunk)
+            elapsed = time.monotonic() - started
+            if elapsed > BODY_GRACE_S and got < MIN_BODY_RATE * elapsed:
+                raise TimeoutError
+            yield chunk
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.lim.max_body_bytes
@@ -121,7 +157,7 @@ class Hub:
         data = bytearray()
         drained = 0
         too_large = declared is not None and declared > limit
-        async for chunk in request.content.iter_chunked(READ_CHUNK):
+        async for chunk in self._chunks(request):
             if too_large:
                 drained += len(chunk)  # read and dropped, not kept
                 if drained > DRAIN_FACTOR * limit:
@@ -132,6 +168,10 @@ class Hub:
                 too_large = True
         self.metrics.bytes_received.inc(len(data) + drained)
         if too_large:
+            if declared is not None and declared <= limit:  # compressed: larger once inflated
+                encoding = request.headers.get("Content-Encoding", "encoded")
+                raise TooLarge(f"request body of {declared} bytes ({encoding}) inflates past "
+                               f"the hub's limit of {limit}")
             size = declared if declared is not None else f"more than {limit}"
             raise TooLarge(f"request body of {size} bytes exceeds the hub's limit of {limit}")
         return bytes(data)

@@ -331,25 +331,37 @@ def test_long_poll_wakes_on_a_new_batch_and_busy_beyond_the_limit(hub, cluster, 
     assert all(res is not None and res.batches == [b] for res in results), results
 
 
-def test_busy_when_every_slot_is_taken_and_disconnects_change_nothing(hub, cluster, db):
-    """Slow uploads hold every slot: one more request is BUSY; when they hang up, the hub
-    serves again and nothing was stored."""
+def _slow_uploads(host: str, port: int, n: int) -> list[socket.socket]:
+    out = []
+    for _ in range(n):
+        s = socket.create_connection((host, port), timeout=10)
+        s.sendall(b"POST /v1/push HTTP/1.1\r\nHost: hub\r\nContent-Length: 5000\r\n\r\n"
+                  + b"\x85" * 100)
+        out.append(s)
+    return out
+
+
+def _wait_inflight(hub, n: int) -> None:
+    for _ in range(400):  # bounded: until the hub is working on all of them
+        if f"riversync_hub_inflight_requests {float(n + 1)}".encode() in hub.get("/metrics")[2]:
+            return
+        threading.Event().wait(0.05)
+    pytest.fail("the slow uploads never all reached the hub")
+
+
+def test_slow_uploads_do_not_take_the_slots_of_honest_requests(hub, cluster, db):
+    """Bodies still arriving hold no concurrency slot: as many slow uploads as there are
+    slots leave an honest hello served; four times as many are BUSY; when they hang up,
+    the hub serves again and nothing was stored."""
     host, port = hub.url.removeprefix("http://").split(":")
     before = store_snapshot(db)
-    slow = []
+    slow = _slow_uploads(host, int(port), CONCURRENCY)
     try:
-        for _ in range(CONCURRENCY):
-            s = socket.create_connection((host, int(port)), timeout=10)
-            s.sendall(b"POST /v1/push HTTP/1.1\r\nHost: hub\r\nContent-Length: 5000\r\n\r\n"
-                      + b"\x85" * 100)
-            slow.append(s)
-        for _ in range(400):  # bounded: until the hub is working on all of them
-            if f"riversync_hub_inflight_requests {float(CONCURRENCY + 1)}".encode() in \
-                    hub.get("/metrics")[2]:
-                break
-            threading.Event().wait(0.05)
-        else:
-            pytest.fail("the slow uploads never all reached the hub")
+        _wait_inflight(hub, CONCURRENCY)
+        status, data = hub.post("/v1/hello", cluster.origin("south").request("hello"))
+        assert status == 200, data  # once every slot was held: BUSY for everyone
+        slow += _slow_uploads(host, int(port), 3 * CONCURRENCY)
+        _wait_inflight(hub, 4 * CONCURRENCY)
         assert hub.get("/healthz")[0] == 200  # monitoring is never refused
         refused(hub, db, "/v1/hello", cluster.origin("south").request("hello"), "BUSY", 503)
     finally:
@@ -362,13 +374,27 @@ def test_busy_when_every_slot_is_taken_and_disconnects_change_nothing(hub, clust
         threading.Event().wait(0.05)
     assert status == 200
     assert store_snapshot(db) == before
-    gone = f"riversync_hub_client_disconnects_total {float(CONCURRENCY)}".encode()
+    gone = f"riversync_hub_client_disconnects_total {float(4 * CONCURRENCY)}".encode()
     for _ in range(400):
         if gone in hub.get("/metrics")[2]:
             break
         threading.Event().wait(0.05)
     else:
         pytest.fail("the hub did not count the hung-up uploads as disconnects")
+
+
+def test_a_body_that_stops_arriving_is_cut_off_with_request_timeout(hub, db):
+    """A client that sends part of a body and then nothing is answered REQUEST_TIMEOUT
+    once the grace period has passed, not held for the whole body timeout."""
+    host, port = hub.url.removeprefix("http://").split(":")
+    before = store_snapshot(db)
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(b"POST /v1/push HTTP/1.1\r\nHost: hub\r\nContent-Length: 5000\r\n\r\n"
+                  + b"\x85" * 10)
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"REQUEST_TIMEOUT" in answer
+    assert store_snapshot(db) == before
 
 
 def test_a_killed_verify_worker_is_replaced_and_no_push_is_refused(hub, cluster, db):

@@ -247,16 +247,17 @@ class Hub:
         if wait_s > 0 and self.waiting >= self.lim.max_long_polls:
             raise Busy(f"{self.waiting} pulls are already waiting; the limit is "
                        f"{self.lim.max_long_polls}")
-        self._node_epoch[node] = pull.e
-        self._last_pull_ms[node] = now
         cur = self.store.current_epoch()
         start = epochs_mod.start_for(self.store.epochs(), pull.hub_epoch, pull.cursor)
         limit = min(pull.limit, self.lim.pull_max_batches)
         deadline = time.monotonic() + wait_s
         changed = self._changed
-        # Read first: a cursor before the prune horizon is refused [H-PRUNE-1] before the
-        # hub records it, so a refused pull changes nothing.
+        # Read first: a cursor before the prune horizon [H-PRUNE-1] or past the head
+        # [H-PULL-3] is refused before the hub records anything of the pull (its cursor, its
+        # time, the node's epoch), so a refused pull changes nothing.
         page = await self._read(self._page, pull, start, limit)
+        self._node_epoch[node] = pull.e
+        self._last_pull_ms[node] = now
         await self.writer.set_cursor(CursorInfo(node=node, hub_epoch=cur.epoch, cursor=start,
                                                 updated_ms=now))
         if not page.batches and wait_s > 0:

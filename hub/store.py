@@ -210,6 +210,7 @@ class HubStore(Protocol):
 
         Raises:
             CursorPruned: a batch of another origin after ``after`` was pruned.
+            CursorAhead: ``after`` is past the head (the hub never served it).
         """
         ...
 

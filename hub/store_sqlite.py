@@ -39,7 +39,7 @@ from pathlib import Path
 import apsw
 
 from riversync.protocol import chain
-from riversync.protocol.errors import ProtocolError
+from riversync.protocol.errors import CursorAhead, ProtocolError
 from riversync.protocol.messages import OriginState
 
 from .epoch import start_for
@@ -278,6 +278,9 @@ class SqliteHubStore:
         with conn:  # one read transaction: horizon, head and rows from the same snapshot
             _check_not_pruned(conn, node, node_epoch, after)
             head = _head(conn)
+            if after > head:  # [H-PULL-3]
+                raise CursorAhead(f"the pull's cursor {after} is past the hub's head {head}: "
+                                  "the hub never served it")
             out: list[PulledBatch] = []
             used = 0
             more = False

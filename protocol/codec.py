@@ -31,7 +31,7 @@ from .errors import (
 )
 from .hlc import check_drift, format_hlc
 from .keys import Roster, SigningKey
-from .messages import AnyBody, AnyEvent, Batch, Body, Envelope
+from .messages import AnyBody, AnyEvent, Batch, Body, Envelope, Hello
 
 ZERO_HASH = bytes(limits.HASH_BYTES)
 
@@ -126,6 +126,9 @@ def open_envelope(
         raise Malformed("signed body disagrees with its envelope (v, c or o)", path="$.b")
     if isinstance(body, Batch):
         check_batch(body)
+    elif isinstance(body, Hello) and body.schema_digest and not body.schema:
+        raise Malformed("a schema digest needs the schema version it is of (schema 0 is "
+                        "'not stated')", path="$.schema")
     return env, body
 
 

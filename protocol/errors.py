@@ -159,6 +159,19 @@ class SchemaMismatch(ProtocolError):
             "purpose, raise its `version` and roll it out to every office")
 
 
+class CursorAhead(ProtocolError):
+    """The pull's cursor is past the head of the hub's current epoch: the node holds
+    batches this hub does not (its store went back without a new hub epoch, such as a copy
+    put back by hand), or the peer is not honest.  Recording the cursor would silently
+    skip every batch up to it and let a prune delete them as delivered."""
+
+    code = "CURSOR_AHEAD"
+    http_status = 409
+    hint = ("the hub's store is older than what this node pulled from it: restore the hub "
+            "with `riversync hub restore` from its newest backup (a copy put back by hand "
+            "keeps the old hub epoch), see 'Hub restore' in docs/how-to/operate.md")
+
+
 ALL_ERRORS: tuple[type[ProtocolError], ...] = (
     Malformed,
     TooLarge,
@@ -177,6 +190,7 @@ ALL_ERRORS: tuple[type[ProtocolError], ...] = (
     Busy,
     CursorPruned,
     SchemaMismatch,
+    CursorAhead,
 )
 
 BY_CODE: dict[str, type[ProtocolError]] = {cls.code: cls for cls in ALL_ERRORS}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .errors import UnsupportedVersion
 
 MAJOR = 1
-MINOR = 1  # 1.1: Hello states the schema version and digest
+MINOR = 2  # 1.1: Hello states the schema version and digest; 1.2: CURSOR_AHEAD
 VERSION = (MAJOR, MINOR)
 SUPPORTED_MAJORS = frozenset({1})
 

@@ -446,13 +446,8 @@ def decode_vectors() -> None:
     add("reply-bad-status", "decode", "A push reply status outside stored|duplicate.",
         msgpack.packb({**pm, "status": "maybe"}), type="PushReply",
         expect={"error": "MALFORMED"})
-    for cls in errors.ALL_ERRORS:
-        reply = messages.ErrorReply(code=cls.code, message=f"example {cls.code}",
-                                    hint=cls.hint, action=cls.action)
-        add(f"error-{cls.code.lower().replace('_', '-')}", "error",
-            f"An error reply with code {cls.code}: HTTP {cls.http_status}, action "
-            f"{cls.action!r}.", codec.encode(reply),
-            expect={"code": cls.code, "http_status": cls.http_status, "action": cls.action})
+    for cls in errors.ALL_ERRORS[:errors.ALL_ERRORS.index(errors.CursorAhead)]:  # up to 1.1
+        error_vector(cls)
 
 
 SCHEMA_DIGEST = hashlib.sha256(b"riversync test schema 1").hexdigest()
@@ -470,6 +465,25 @@ def schema_vectors() -> None:
         envelope_bytes(raw_body(bad), v=(1, 1)), expect={"error": "MALFORMED"})
 
 
+def error_vector(cls: type[errors.ProtocolError]) -> None:
+    reply = messages.ErrorReply(code=cls.code, message=f"example {cls.code}", hint=cls.hint,
+                                action=cls.action)
+    add(f"error-{cls.code.lower().replace('_', '-')}", "error",
+        f"An error reply with code {cls.code}: HTTP {cls.http_status}, action "
+        f"{cls.action!r}.", codec.encode(reply),
+        expect={"code": cls.code, "http_status": cls.http_status, "action": cls.action})
+
+
+def vectors_1_2() -> None:
+    """Since 1.2: CURSOR_AHEAD [H-PULL-3], and a digest needs its schema version."""
+    error_vector(errors.CursorAhead)
+    bad = body_map(hello(v=(1, 2), schema=1, schema_digest=SCHEMA_DIGEST))
+    bad["schema"] = 0
+    add("hello-schema-digest-without-version", "open",
+        "A schema digest with schema 0 ('not stated') is refused (since 1.2).",
+        envelope_bytes(raw_body(bad), v=(1, 2)), expect={"error": "MALFORMED"})
+
+
 def build() -> list[dict]:
     VECTORS.clear()
     open_vectors()
@@ -477,6 +491,7 @@ def build() -> list[dict]:
     hlc_vectors()
     decode_vectors()
     schema_vectors()  # after the rest: vectors added later keep the older files' numbers
+    vectors_1_2()
     names = [v["name"] for v in VECTORS]
     assert len(names) == len(set(names)), "vector names must be unique"
     return list(VECTORS)

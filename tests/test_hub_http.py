@@ -197,6 +197,25 @@ def test_fork_is_refused(hub, cluster, db):
     refused(hub, db, "/v1/push", b.batch(3), "SEQUENCE_FORK", 409)
 
 
+def test_a_pull_cursor_past_the_head_is_refused_and_changes_nothing(hub, cluster, db):
+    """[H-PULL-3] a cursor the hub never served is refused, not recorded: recorded, it would
+    skip every batch up to it and let a prune delete them as delivered."""
+    south = fresh_origin(cluster, "south")
+    r = push_ok(hub, south.batch(1))
+    north = fresh_origin(cluster, "north")
+    got, cursor = pull_all(hub, north, r.hub_epoch, 0)
+    assert got
+    seen = hub.status()["nodes"]["north"]
+    err = refused(hub, db, "/v1/pull", north.request("pull", hub_epoch=r.hub_epoch,
+                                                     cursor=cursor + 10**9),
+                  "CURSOR_AHEAD", 409)
+    assert err.action == "stop" and "hub restore" in err.hint
+    after = hub.status()["nodes"]["north"]
+    assert (after["cursor"], after["last_pull_ms"]) == (seen["cursor"], seen["last_pull_ms"])
+    push_ok(hub, south.batch(1))  # the next batch still reaches north
+    assert len(pull_all(hub, north, r.hub_epoch, cursor)[0]) == 1
+
+
 def test_wrong_key_is_refused(hub, cluster, db):
     south = fresh_origin(cluster, "south")
     good = codec.decode(south.batch(1, advance=False), Envelope)

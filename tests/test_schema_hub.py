@@ -22,6 +22,7 @@ from hubproc import RIVERSYNC, HubProcess, TestCluster, decode_reply, now_ms, st
 
 from riversync.protocol import codec, messages
 from riversync.protocol.errors import SchemaMismatch
+from riversync.protocol.version import VERSION
 
 RIGHT = hashlib.sha256(b"the cluster's schema file").hexdigest()
 WRONG = hashlib.sha256(b"south's file, phone retyped").hexdigest()
@@ -80,7 +81,7 @@ def test_the_same_digest_passes_and_the_first_node_registers_it(hub, cluster):
     """[H-SCHEMA-1] the first digest told for a version is registered, with its node."""
     assert registered(cluster) == {}
     status, reply = hello(hub, cluster, "north")
-    assert status == 200 and reply.v == (1, 1)
+    assert status == 200 and reply.v == VERSION
     assert registered(cluster) == {1: (RIGHT, "north")}
     status, _ = hello(hub, cluster, "south")  # the same file: passes
     assert status == 200
@@ -215,3 +216,11 @@ def test_two_first_hellos_at_once_register_exactly_one_file(hub, cluster):
     assert sorted(results.values()) == [200, 409]
     winner = next(n for n, s in results.items() if s == 200)
     assert registered(cluster) == {9: ({"north": RIGHT, "south": WRONG}[winner], winner)}
+
+
+def test_a_digest_with_schema_version_0_is_malformed_and_registers_nothing(hub, cluster):
+    """Version 0 means 'not stated': a digest of it would register a version no node runs
+    and refuse every later hello that leaves the version out but sends another digest."""
+    status, err = hello(hub, cluster, "north", version=0, digest=RIGHT)
+    assert status == 400 and err.code == "MALFORMED" and "schema" in err.message
+    assert registered(cluster) == {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -106,6 +107,12 @@ class Column:
         elif kind == "real":
             if t is not float and t is not int:
                 return f"column {self.name!r} is real, got {t.__name__}"
+            if t is float and not math.isfinite(value):
+                # JSON has no such number and SQLite stores NaN as NULL: one replica would
+                # hold what another could not show or export.
+                return f"column {self.name!r} is real and needs a finite number, got {value!r}"
+            if t is int and not INT64[0] <= value <= INT64[1]:
+                return f"column {self.name!r} is outside the signed 64-bit range"
         elif kind == "boolean":
             if t is not bool:
                 return f"column {self.name!r} is boolean, got {t.__name__}"
@@ -175,6 +182,7 @@ class Table:
             tp = type(value)
             if tp not in col.py_types or col.slow_check or (
                     tp is int and not INT64[0] <= value <= INT64[1]) or (
+                    tp is float and not math.isfinite(value)) or (
                     tp is str and (len(value) > limits.MAX_TEXT_CHARS or not value.isascii())):
                 why = col.check(value)
                 if why:

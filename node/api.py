@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,13 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: valid JSON, but no double holds it
+        raise ValueError(f"{text} is too large for a number (a 64-bit float)")
+    return value
+
+
 async def read_json(request: web.Request, fields: tuple[str, ...]) -> dict:
     """The request body as a JSON object of the endpoint's ``fields``.
 
@@ -103,14 +111,15 @@ async def read_json(request: web.Request, fields: tuple[str, ...]) -> dict:
     ``values`` would otherwise change what the write does without a word.
 
     Raises:
-        BadJson: empty, not JSON (NaN and Infinity included), or not an object.
+        BadJson: empty, not JSON (NaN, Infinity and numbers that overflow a double
+            included), or not an object.
         BadRequest: a field the endpoint does not take.
     """
     raw = await request.read()
     if not raw:
         raise E.BadJson("the request body is empty; a JSON object is expected")
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
         raise E.BadJson(f"the request body is not valid JSON: {e}") from None
     except RecursionError:
@@ -206,6 +215,12 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
                 caller.require(role, f"{request.method} {request.path}")
             if ctx.maintenance and path not in ("/v1/status", "/metrics"):
                 raise E.Unavailable(f"the node is busy: {ctx.maintenance}")
+            await _refuse_what_the_endpoint_does_not_take(request)
+        if path.startswith("/static/") and not (
+                STATIC_DIR / request.match_info.get("filename", "")).is_file():
+            # aiohttp finds a file missing only while it sends it: an empty octet-stream 404
+            err = E.NotFound(f"no file {path}")
+            return json_response(err.to_json(), status=404)
         return await handler(request)
     except E.ApiError as e:
         return json_response(e.to_json(), status=e.status)
@@ -229,6 +244,26 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
         log.exception("unexpected error on %s %s", request.method, request.path)
         err = E.Internal(f"{type(e).__name__}: {e}")
         return json_response(err.to_json(), status=err.status)
+
+
+async def _refuse_what_the_endpoint_does_not_take(request: web.Request) -> None:
+    """A query parameter or a body an endpoint does not take is refused, never ignored: a
+    misspelt ``?limt=`` or an ``{"admin": true}`` sent to DELETE (whose override is
+    ``?admin=true``) would otherwise do something else than asked, without a word."""
+    handler = getattr(request.match_info, "handler", None)
+    takes = QUERY_OF.get(handler)
+    if takes is None:  # not one of this module's endpoints (staging checks its own)
+        return
+    unknown = sorted(set(request.query) - takes)
+    if unknown:
+        raise E.BadRequest(
+            f"{request.method} {request.path} takes no query parameter {unknown[0]!r}"
+            + (f"; it takes {', '.join(sorted(takes))}" if takes else ""), field=unknown[0])
+    if handler in NO_BODY and request.can_read_body:
+        raw = (await request.read()).strip()
+        if raw and raw != b"{}":
+            hint = " (an admin override is ?admin=true)" if handler is delete_row else ""
+            raise E.BadRequest(f"{request.method} {request.path} takes no request body{hint}")
 
 
 # ---- handlers ---------------------------------------------------------------------------
@@ -503,6 +538,12 @@ ROUTES: list[tuple[str, str, Handler, str | None]] = [
 
 
 ROLE_OF: dict[Any, str] = {h: role for _m, _p, h, role in ROUTES if role is not None}
+# The query parameters each endpoint reads; any other is refused (BAD_REQUEST).
+QUERY_OF: dict[Any, frozenset[str]] = {h: frozenset() for _m, _p, h, role in ROUTES
+                                       if role is not None and h is not metrics}
+QUERY_OF.update({list_rows: frozenset({"limit", "offset"}), delete_row: frozenset({"admin"}),
+                 list_conflicts: frozenset({"all"}), audit: frozenset({"limit"})})
+NO_BODY = frozenset({delete_row, sync_now, backup})  # POST/DELETE endpoints without a body
 
 
 def add_routes(app: web.Application) -> None:

@@ -97,6 +97,9 @@ BAD_BODIES = [
      400, "BAD_JSON"),
     ("/v1/tables/players/rows", b'{"pk": "P-i", "values": {"full_name": -Infinity}}',
      400, "BAD_JSON"),
+    # valid JSON, but no double holds it: it used to be stored as Infinity and replicated
+    ("/v1/tables/players/rows", b'{"pk": "P-o", "values": {"full_name": "O", "x": 1e400}}',
+     400, "BAD_JSON"),
     ("/v1/tables/players/rows", b'{"pk": "P-d", "values": ' + b"[" * 100_000 + b"]" * 100_000
      + b"}", 400, "BAD_JSON"),
     ("/v1/staging/1/rows/1", b'{"values": {"full_name": "\\udfff"}}', 400,
@@ -253,3 +256,29 @@ def test_a_wrong_method_or_a_static_folder_answers_a_typed_json_error(cluster):
     assert (status, body["error"]["code"]) == (405, "METHOD_NOT_ALLOWED")
     status, body = raw(cluster, "GET", "/static/")
     assert (status, body["error"]["code"]) == (404, "NOT_FOUND")
+
+
+@pytest.mark.parametrize("method,path,body,words", [
+    ("GET", "/v1/tables/players/rows?lim=3", None, "no query parameter 'lim'"),
+    ("GET", "/v1/conflicts?al=1", None, "no query parameter 'al'"),
+    ("DELETE", "/v1/tables/players/rows/P-1", b'{"admin": true}', "?admin=true"),
+    ("POST", "/v1/sync", b'{"bogus": 1}', "takes no request body"),
+    ("POST", "/v1/backup", b"notjson", "takes no request body"),
+])
+def test_what_an_endpoint_does_not_take_is_refused_not_ignored(cluster, method, path, body,
+                                                               words):
+    before = snapshot(cluster)
+    status, got = raw(cluster, method, path, body, user="north-operator")
+    assert (status, got["error"]["code"]) == (400, "BAD_REQUEST"), got
+    assert words in got["error"]["message"], got
+    assert snapshot(cluster) == before
+    assert raw(cluster, "GET", "/v1/tables/players/rows?limit=3")[0] == 200
+
+
+def test_a_missing_static_file_is_a_json_404(cluster):
+    req = urllib.request.Request(cluster.node_url("north") + "/static/nope.js")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    with e.value as resp:
+        assert resp.code == 404 and resp.headers["Content-Type"].startswith("application/json")
+        assert json.loads(resp.read())["error"]["code"] == "NOT_FOUND"

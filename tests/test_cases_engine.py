@@ -306,3 +306,20 @@ def test_c18_sqlite_types_survive_the_wire(stores):
     assert types == [("text", "blob", "integer", "real", "text", "integer", "0001504446FFFE")]
     assert south.get_row("attachments", "A-1") == north.get_row("attachments", "A-1")
     assert south.get_row("attachments", "A-1") == {"att_id": "A-1", **values}
+
+
+@pytest.mark.parametrize("ratio", [float("inf"), float("-inf"), float("nan"), 2**64, -(2**63) - 1])
+def test_a_real_that_is_not_a_finite_64_bit_number_is_refused_and_parked(stores, ratio):
+    """Infinity and NaN have no JSON, SQLite keeps NaN as NULL, an export writes an empty
+    cell; an integer past 64 bits cannot be encoded: a local write is refused (BAD_VALUE,
+    it was an internal error or an Infinity that replicated) and a peer's event is parked,
+    at every replica alike."""
+    from riversync.engine.errors import BadValue
+
+    north = stores("north", node="north")
+    with pytest.raises(BadValue, match="ratio"):
+        north.commit_local([LocalChange("create", "attachments", "A-1",
+                                        {"name": "x", "ratio": ratio})], user="nora", now_ms=NOW)
+    assert north.get_row("attachments", "A-1") is None
+    table = north.schema.tables["attachments"]
+    assert "ratio" in table.check_values({"ratio": ratio}, creating=False)

@@ -469,7 +469,9 @@ class Store:
                 raise BadValue(f"{where}: an update must change at least one column")
         if kind == TRANSFER:
             if table.parent_column:
-                raise BadValue(f"{where}: rows of {table_name!r} follow their parent's owner")
+                raise BadValue(f"{where}: rows of {table_name!r} follow their parent's owner",
+                               hint=f"transfer its {table.parent_table} row (named in "
+                                    f"{table.parent_column}) instead: the {table_name} follow")
             if ch.owner not in self.roster.offices:
                 raise BadValue(f"{where}: {ch.owner!r} is not an office of the cluster")
         if kind != RESOLVE:

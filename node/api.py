@@ -396,11 +396,18 @@ async def transfer_row(request: web.Request) -> web.Response:
     table = table_arg(request)
     body = await read_json(request, ("owner", "admin"))
     owner = body.get("owner")
+    offices = ", ".join(ctx.roster.offices)
+    if owner is None:
+        raise E.BadRequest(f"'owner' is required: the office the row goes to ({offices})",
+                           field="owner")
     if not isinstance(owner, str) or owner not in ctx.roster.offices:
-        raise E.BadValue(f"'owner' must be one of the offices {ctx.roster.offices}",
-                         field="owner")
+        raise E.BadValue(f"'owner' {owner!r} is not an office of the cluster",
+                         hint=f"give one of the offices: {offices}", field="owner")
     admin = flag(body, "admin")
     pk = request.match_info["pk"]
+    if await ctx.db.run(ctx.store.owner_of, table, pk) == owner:
+        raise E.BadValue(f"{table} {pk!r} already belongs to office {owner!r}",
+                         hint="nothing to transfer", field="owner")
     return await _commit(request, [LocalChange(kind="transfer", table=table, pk=pk,
                                                owner=owner)], admin=admin)
 

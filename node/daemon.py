@@ -320,8 +320,8 @@ def make_agent(ctx: NodeContext) -> Agent:
 
 def thresholds_from(cfg: NodeConfig) -> Thresholds:
     a = cfg.alerts
-    return Thresholds(warn_no_sync_s=a.warn_no_sync_s, crit_no_sync_s=a.critical_no_sync_s,
-                      warn_queue_events=a.warn_queued_events,
+    return Thresholds(warn_no_sync_s=a.warn_no_sync_s, critical_no_sync_s=a.critical_no_sync_s,
+                      warn_queued_events=a.warn_queued_events,
                       replay_retry_threshold=cfg.replay_retry_threshold)
 
 

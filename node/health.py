@@ -42,8 +42,8 @@ EMAIL_BACKLOG_FILES = 50  # warning: this many unprocessed emails in the drop fo
 @dataclass(frozen=True)
 class Thresholds:
     warn_no_sync_s: float = WARN_NO_SYNC_S
-    crit_no_sync_s: float = CRIT_NO_SYNC_S
-    warn_queue_events: int = WARN_QUEUE_EVENTS
+    critical_no_sync_s: float = CRIT_NO_SYNC_S
+    warn_queued_events: int = WARN_QUEUE_EVENTS
     replay_retry_threshold: int = REPLAY_RETRY_THRESHOLD
     staging_max_age_s: float = STAGING_MAX_AGE_S
     email_backlog_files: int = EMAIL_BACKLOG_FILES
@@ -95,13 +95,13 @@ def evaluate(snap: dict, t: Thresholds) -> tuple[str, list[dict]]:
     if refused and agent.get("state") != "stopped":
         add(WARNING, "HUB_REFUSING", _refusal_words(refused, snap, bool(clock.get("ahead"))))
     age = sync_age(snap)
-    if age >= t.crit_no_sync_s:
+    if age >= t.critical_no_sync_s:
         add(CRITICAL, "NO_SYNC", f"no successful sync for {_duration(age)}")
     elif age >= t.warn_no_sync_s:
         add(WARNING, "NO_SYNC", f"no successful sync for {_duration(age)}")
     queued = snap.get("outbox", 0)
-    if queued > t.warn_queue_events:
-        add(WARNING, "QUEUE_GROWING", f"{queued} events wait for the hub (limit {t.warn_queue_events})")
+    if queued > t.warn_queued_events:
+        add(WARNING, "QUEUE_GROWING", f"{queued} events wait for the hub (limit {t.warn_queued_events})")
     staging = snap.get("staging") or {}
     oldest = staging.get("excel_oldest_age_s")
     if oldest is not None and oldest > t.staging_max_age_s:

@@ -79,7 +79,7 @@ def test_stopped_replication_is_critical_and_worst_reason_first():
 
 
 def test_thresholds_are_configurable():
-    t = Thresholds(warn_queue_events=5, warn_no_sync_s=2, crit_no_sync_s=4)
+    t = Thresholds(warn_queued_events=5, warn_no_sync_s=2, critical_no_sync_s=4)
     assert evaluate(snap(outbox=6), t)[0] == WARNING
     assert evaluate(snap(last_pull_ok=NOW - 3), t)[0] == WARNING
     assert evaluate(snap(last_pull_ok=NOW - 5), t)[0] == CRITICAL
@@ -166,6 +166,6 @@ def test_every_metric_and_alert_code_is_in_the_runbook():
 )
 def test_no_sync_message_says_the_age_in_plain_words(age_s, words):
     """A sync age under a minute must not read "0 minutes" with low thresholds set."""
-    low = Thresholds(warn_no_sync_s=15, crit_no_sync_s=40 * 3600)
+    low = Thresholds(warn_no_sync_s=15, critical_no_sync_s=40 * 3600)
     _, reasons = evaluate(snap(last_push_ok=NOW - 1, last_pull_ok=NOW - age_s), low)
     assert reasons[0]["message"] == f"no successful sync for {words}"

@@ -358,8 +358,11 @@ async def create_row(request: web.Request) -> web.Response:
     if pk is not None and not isinstance(pk, str):
         raise E.BadRequest(f"'pk' must be text (the primary key), not {json_type(pk)}",
                            field="pk")
-    if not pk:
+    if pk is None:
         raise E.BadRequest("'pk' (the primary key, as text) is required", field="pk")
+    if not pk:
+        raise E.BadRequest("'pk' is empty: a primary key needs at least one character",
+                           field="pk")
     values = values_of(body)
     admin = flag(body, "admin")
     return await _commit(request, [LocalChange(kind="create", table=table, pk=pk,

@@ -109,7 +109,8 @@ def check_database(path: Path, *, self_contained: bool = False) -> None:
         BackupError: missing, not SQLite, or failing the integrity check.
     """
     if not path.is_file():
-        raise BackupError(f"{path} does not exist", "give the path of a backup file")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise BackupError(f"{path} {what}", "give the path of a backup file")
     if path.stat().st_size == 0:
         raise BackupError(f"{path} is empty", "choose another backup")
     try:
@@ -267,7 +268,8 @@ def verify_backup(backup: Path) -> dict:
             damaged (RESTORE_DAMAGED, never an unhandled error).
     """
     if not backup.is_file():
-        raise BackupError(f"{backup} does not exist", "give the path of a backup file")
+        what = "is a folder, not a file" if backup.is_dir() else "does not exist"
+        raise BackupError(f"{backup} {what}", "give the path of a backup file")
     manifest = read_manifest(backup)
     if manifest:
         actual = sha256_file(backup)

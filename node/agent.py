@@ -71,6 +71,7 @@ from riversync.protocol.errors import (
     RESYNC,
     RETRY,
     Busy,
+    CursorAhead,
     ProtocolError,
     SequenceFork,
     TooLarge,
@@ -568,10 +569,19 @@ class Agent:
         await self._load_relay_due()
         self.hub_epoch = reply.hub_epoch
         self.hub_head = reply.head
+        cur = await self.db.run(self.store.get_cursor, "hub")
+        if cur is not None and cur[0] == reply.hub_epoch and cur[1] > reply.head:
+            # [H-PULL-3] seen from the node: no hub served this cursor, so the hub's store
+            # went back without a new hub epoch (a copy put back by hand).  Going on would
+            # skip, for good, every batch the hub takes up to the old cursor, and pushing
+            # would hand the stale store our batches again: stop before either.
+            raise CursorAhead(
+                f"this node pulled up to hub sequence {cur[1]} of hub epoch {cur[0]}, but "
+                f"the hub's head is {reply.head}: its store went back without a new hub "
+                "epoch; replication stops so that nothing is skipped")
         mine = next((o for o in reply.origins if o.epoch == self.store.epoch), None)
         await self.db.run(self._align_push_state, mine)
         await self.db.run(self._align_old_epochs, reply.origins)
-        cur = await self.db.run(self.store.get_cursor, "hub")
         if cur is None:
             self._pull_override = (reply.hub_epoch, 0)
         elif cur[0] != reply.hub_epoch:
@@ -583,8 +593,6 @@ class Agent:
             # to start [H-EPOCH-2].  Only the hub knows every restore point since; the reply
             # names only the newest, so a minimum taken here skips batches after two restores.
             self._pull_override = (cur[0], cur[1])
-        elif cur[1] > reply.head:
-            self._pull_override = (reply.hub_epoch, reply.head)
         else:
             self._pull_override = None
         self.cursor = self._pull_override or (cur[0], cur[1])

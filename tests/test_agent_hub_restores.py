@@ -94,3 +94,51 @@ def test_a_node_behind_two_hub_restores_misses_nothing(tmp_path):
             assert c.status(office)["agent"]["state"] == "running"
     finally:
         c.stop_all()
+
+
+def test_a_hub_store_put_back_by_hand_stops_replication_until_a_hub_restore(tmp_path):
+    """[H-PULL-3] seen from the node: a hub store copied back by hand keeps its hub epoch,
+    so the nodes' cursors are past its head.  A node used to lower its cursor to the head
+    in silence and then skip, for good, the batches the hub took up to its old cursor.  Now
+    replication stops (CURSOR_AHEAD) before anything is pushed or pulled, and `riversync
+    hub restore` of the same file (a new hub epoch) brings every write back."""
+    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
+                     realtime=True).create()
+    try:
+        c.start_all()
+        north, south = c.client("north", "north-clerk"), c.client("south", "south-clerk")
+        north.post("/v1/tables/players/rows", {"pk": "B-0", "values": {"full_name": "B"}})
+        c.wait_for("convergence", c.converged, WAIT)
+        backup = tmp_path / "hub-old.db"
+        hub_cmd(c, "backup", str(backup))
+        for i in range(3):
+            north.post("/v1/tables/players/rows", {"pk": f"A-{i}", "values": {"full_name": "A"}})
+            south.post("/v1/tables/players/rows", {"pk": f"S-{i}", "values": {"full_name": "S"}})
+        c.wait_for("convergence", c.converged, WAIT)
+        c.stop("hub")
+        from riversync.config import load_hub_config
+
+        db = load_hub_config(c.hub_config).db_path
+        for suffix in ("", "-wal", "-shm", ".head"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+        db.write_bytes(backup.read_bytes())  # by hand: no restore marker, no new hub epoch
+        c.start("hub")
+        north.post("/v1/tables/players/rows", {"pk": "N-1", "values": {"full_name": "N"}})
+        for office in c.offices:
+            c.wait_for(f"{office} to stop", lambda o=office: (c.status(o)["agent"].get("error")
+                       or {}).get("code") == "CURSOR_AHEAD", WAIT)
+            assert c.status(office)["agent"]["state"] == "stopped"
+        assert hub_status(c)["events_held"] == 1  # nothing was pushed to the stale store
+
+        c.stop("hub")
+        hub_cmd(c, "restore", str(backup))
+        c.start("hub")
+        for office in c.offices:
+            c.client(office, f"{office}-operator").post("/v1/sync", {})
+        c.wait_for("convergence", c.converged, WAIT)
+        want = {"B-0", "N-1", *(f"A-{i}" for i in range(3)), *(f"S-{i}" for i in range(3))}
+        assert players(c, "north") == players(c, "south") == want
+        for office in c.offices:
+            assert c.status(office)["agent"]["state"] == "running"
+    finally:
+        c.stop_all()

@@ -345,8 +345,8 @@ def _to_date(rule: ColumnRule, value: Any, epoch: dt.datetime | None) -> tuple[s
 
 # An amount as typed: digits, either plain or in groups of three split by commas or
 # spaces, then at most two decimals after a point. Anything else ("12,50", "1.500,00",
-# "1,5") has more than one honest reading, so it is refused rather than guessed.
-_AMOUNT = re.compile(r"[+-]?(?:\d+|\d{1,3}(?:,\d{3})+|\d{1,3}(?: \d{3})+)(?:\.\d+)?")
+# "1,5", "1.500") has more than one honest reading, so it is refused rather than guessed.
+_AMOUNT = re.compile(r"[+-]?(?:\d+|\d{1,3}(?:,\d{3})+|\d{1,3}(?: \d{3})+)(?:\.\d{1,2})?")
 
 
 def _to_money(value: Any) -> tuple[int, str | None]:
@@ -361,6 +361,13 @@ def _to_money(value: Any) -> tuple[int, str | None]:
     if isinstance(value, str):
         s = re.sub(r"[\u00a0\u202f\u2009]", " ", value).strip()
         if not _AMOUNT.fullmatch(s):
+            if re.fullmatch(r"[+-]?[1-9]\d{0,2}(\.\d{3})+", s):
+                raise ValueIssue(
+                    f"{value!r} is ambiguous: a point before three digits separates thousands "
+                    f"in much of Europe; write {s.replace('.', '')} if that is meant, or the "
+                    "amount with at most two decimals")
+            if re.fullmatch(r"[+-]?\d+\.\d{3,}", s):
+                raise ValueIssue(f"amount {value!r} has more than 2 decimal places")
             if re.fullmatch(r"[+-]?\d+,\d{1,2}", s) or re.fullmatch(r"[+-]?\d{1,3}(\.\d{3})+,\d+", s):
                 raise ValueIssue(
                     f"{value!r} uses a comma as the decimal mark; write the amount with a "

@@ -142,7 +142,7 @@ def test_amounts_are_read_exactly_and_an_ambiguous_one_is_refused(cluster, capsy
         assert got[key]["status"] == "invalid", got[key]
         assert "comma as the decimal mark" in got[key]["errors"][0]["message"]
     assert got["10007"]["status"] == "invalid" and "like 1500.00" in got["10007"]["errors"][0]["message"]
-    assert got["10008"]["status"] == "invalid" and "2 decimal" in got["10008"]["errors"][0]["message"]
+    assert got["10008"]["status"] == "invalid" and "ambiguous" in got["10008"]["errors"][0]["message"]
     assert got["10004"]["values"]["credit_limit"] == 150000
     assert got["10005"]["values"]["credit_limit"] == 1234567891
     assert got["10006"]["values"]["credit_limit"] == 200050
@@ -180,3 +180,13 @@ def test_a_date_in_the_right_form_that_does_not_exist_says_so(text):
         coerce(ColumnRule("born_on", "date"), text)
     with pytest.raises(ValueIssue, match="not a date in the form DD/MM/YYYY"):
         coerce(ColumnRule("born_on", "date"), "next Friday")
+
+
+@pytest.mark.parametrize("text,words", [
+    ("1.500", "ambiguous"), ("2.000", "ambiguous"), ("1.500.000", "ambiguous"),
+    ("1234.567", "more than 2 decimal"), ("0.001", "more than 2 decimal"),
+])
+def test_a_point_before_three_digits_is_never_taken_as_decimals(text, words):
+    """'1.500' is 1,500 to a European clerk: read as 1.50 it would lose three zeros."""
+    with pytest.raises(ValueIssue, match=words):
+        coerce(ColumnRule("fee", "money"), text)

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import apsw
+
 from riversync.config import NodeConfig
 
 from . import head
@@ -68,8 +70,12 @@ def restore_into_closed(cfg: NodeConfig, schema, backup: Path, hub_url: str | No
         store.meta_set(META_PENDING, "")
         store.meta_set(META_CHAIN, "")
         carried = store.carry_own(carry, sources)
-        staged = (carry_staging(store.conn, str(cfg.db_path))
-                  if cfg.db_path.is_file() and unreadable is None else 0)
+        staged = 0
+        if cfg.db_path.is_file() and unreadable is None:
+            try:
+                staged = carry_staging(store.conn, str(cfg.db_path))
+            except apsw.Error as e:  # the staging pages are damaged: the events came over
+                unreadable = f"its staging record: {type(e).__name__}: {e}"
         top = store.own_seq(epoch) or 0
         store.close()  # the last connection: checkpointed, no -wal left beside the copy
         store = None
@@ -149,17 +155,19 @@ def _own_events_beyond(cfg: NodeConfig, schema, manifest: dict
         live = open_store(cfg, schema)
     except Exception as e:  # noqa: BLE001 - a broken file is a reason to restore
         return [], {}, f"{type(e).__name__}: {e}"
+    events: list = []
+    sources: dict[tuple[int, int], str | None] = {}
     try:
-        events: list = []
-        sources: dict[tuple[int, int], str | None] = {}
         for epoch in sorted(live.own_epochs()):
             top = live.own_seq(epoch) or 0
             low = tops.get(epoch, 0)
             if top > low:
                 found = live.own_events(epoch, range(low + 1, top + 1))
-                events.extend(found[s] for s in sorted(found))
                 sources.update(((epoch, s), src) for s, src in
                                live.own_sources(epoch, found).items())
+                events.extend(found[s] for s in sorted(found))
         return events, sources, None
+    except apsw.Error as e:  # damaged past its header: carry what could be read
+        return events, sources, f"{type(e).__name__}: {e}"
     finally:
         live.close()

@@ -85,3 +85,47 @@ def test_restore_keeps_batches_staged_and_decided_after_the_backup(cluster, caps
         store.close()
     assert sources["C-1"].endswith("staging:1"), sources
     assert os.path.exists(backup)
+
+
+def test_a_live_database_damaged_past_its_header_is_restored_with_a_warning(cluster, capsys):
+    """A damaged file is the commonest reason to restore: what can be read is carried, the
+    rest is named in a warning, never a traceback."""
+    from riversync.config import load_node_config
+    from riversync.engine.schema import load_schema
+    from riversync.engine.store import LocalChange
+    from riversync.node import daemon
+
+    cfg = load_node_config(cluster / "node-north.toml")
+    backup = cli_json(capsys, "backup", "-c", "node-north.toml")["path"]
+    store = daemon.open_store(cfg, load_schema(cluster / "schema.toml"))
+    user = next(u.name for u in cfg.roster.users.values() if u.home_office == "north")
+    for i in range(300):
+        store.commit_local([LocalChange("create", "customers", f"C-{i}", {"name": "x" * 200})],
+                           user=user, now_ms=1_790_000_000_000 + i)
+    store.close()
+    with open(cfg.db_path, "r+b") as f:  # pages in the middle overwritten
+        f.seek(4096 * 10)
+        f.write(os.urandom(4096 * 5))
+    code, out, err = run(capsys, "restore", "-c", "node-north.toml", backup)
+    assert code == 0, err
+    assert "Traceback" not in err and "could not be read in full" in out, out
+    res_db = daemon.open_store(cfg, load_schema(cluster / "schema.toml"))
+    try:
+        assert res_db.epoch != 0 and res_db.verify_audit()
+    finally:
+        res_db.close()
+
+
+def test_a_db_path_that_is_a_folder_is_named_not_the_backup(cluster, capsys):
+    from riversync.config import load_node_config
+
+    cfg = load_node_config(cluster / "node-north.toml")
+    backup = cli_json(capsys, "backup", "-c", "node-north.toml")["path"]
+    for suffix in ("", "-wal", "-shm"):
+        p = str(cfg.db_path) + suffix
+        if os.path.exists(p):
+            os.unlink(p)
+    cfg.db_path.mkdir()
+    code, out, err = run(capsys, "restore", "-c", "node-north.toml", backup)
+    assert code == 2 and "is a folder" in err and "choose another backup" not in err, err
+    assert cfg.db_path.is_dir() and os.path.exists(backup)

@@ -12,6 +12,7 @@ nothing touched.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from riversync.cli import EXIT_CRITICAL, EXIT_UNAVAILABLE, CommandError
@@ -37,6 +38,14 @@ def cmd_restore(args) -> int:
     if not backup.is_file():
         raise CommandError(f"no backup file {backup}", "check the path; `ls` the backup"
                            " folder (backup_dir in the node config)", EXIT_UNAVAILABLE)
+    if cfg.db_path.is_dir():
+        raise CommandError(f"db_path {cfg.db_path} is a folder, not the node's database",
+                           "check db_path in the node config; the backup was not touched",
+                           EXIT_CRITICAL)
+    if not os.access(cfg.db_path.parent, os.W_OK):
+        raise CommandError(f"cannot write in {cfg.db_path.parent}, where the database goes",
+                           "run the restore as the user the node runs as, or make the folder "
+                           "writable; nothing was changed", EXIT_UNAVAILABLE)
     try:
         # here too, not only in the node: a refused backup must not pause a running node
         backups.check_restorable(backup, cfg.node_id, cfg.roster, cfg.backup_dir)
@@ -80,12 +89,13 @@ def cmd_restore(args) -> int:
               "backup and are not in it (kept under their own ids; the hub gets those it "
               "lacks)" + (": " + ", ".join(f"{e}/{s}" for e, s in
                                           res.get("carried_over_events", [])) if carried else ""))
-        if not res.get("previous_database_unreadable"):
+        unreadable = res.get("previous_database_unreadable")
+        if unreadable:
+            print(f"  WARNING: the previous database could not be read in full, so only what "
+                  f"is listed above was carried over from it (no staging record): {unreadable}")
+        else:
             print(f"  carried over the staging record as it was ("
                   f"{res['staging_batches_carried_over']} batch(es) staged after the backup)")
-        if res.get("previous_database_unreadable"):
-            print(f"  WARNING: the previous database could not be read, so nothing was "
-                  f"carried over from it: {res['previous_database_unreadable']}")
         for p in res.get("moved_aside", []):
             print(f"  kept the previous file as {p}")
         print("The node pulls back what the hub holds at its next sync.")

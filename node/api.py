@@ -216,6 +216,11 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
             if ctx.maintenance and path not in ("/v1/status", "/metrics"):
                 raise E.Unavailable(f"the node is busy: {ctx.maintenance}")
             await _refuse_what_the_endpoint_does_not_take(request)
+            ctx.serving += 1  # a restore waits for these before it closes the store
+            try:
+                return await handler(request)
+            finally:
+                ctx.serving -= 1
         if path.startswith("/static/") and not (
                 STATIC_DIR / request.match_info.get("filename", "")).is_file():
             # aiohttp finds a file missing only while it sends it: an empty octet-stream 404

@@ -38,6 +38,7 @@ from .transport import HubClient
 
 log = logging.getLogger("riversync.node")
 
+DRAIN_TIMEOUT_S = 120.0  # longest a restore waits for the requests under way to finish
 STARTUP_SYNC_TIMEOUT_S = 10.0  # longest the API waits for the first reconcile with the hub
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # local API bodies (staging uploads included)
 
@@ -148,6 +149,7 @@ class NodeContext:
     agent: Agent | None = None
     started_at: float = field(default_factory=time.time)
     maintenance: str | None = None
+    serving: int = 0  # requests being handled now (the API middleware counts them)
     staging_backlog: Any = None  # callable(store) -> dict, set when staging is installed
     schema_path: Path | None = None
 
@@ -267,6 +269,22 @@ class NodeContext:
         except backups.BackupError as e:
             raise E.Internal(str(e), hint=e.hint) from None
 
+    async def _drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Wait for the requests already past the maintenance check (a write, a staging
+        apply, a read) to finish: one that reached the store after it closed answered a 500
+        for a write that was committed, and a client retrying it got ROW_EXISTS.
+
+        Raises:
+            Unavailable: they did not finish in time; nothing was restored.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.serving > 1:  # the restore request itself is one
+            if time.monotonic() > deadline:
+                raise E.Unavailable(f"{self.serving - 1} request(s) did not finish within "
+                                    f"{timeout_s:.0f} s; nothing was restored",
+                                    hint="retry the restore when the node is quieter")
+            await asyncio.sleep(0.02)
+
     async def restore(self, backup: Path) -> dict:
         """Restore ``backup`` under this running daemon: pause, swap, new epoch, resume."""
         from .restore import restore_into_closed
@@ -283,6 +301,7 @@ class NodeContext:
         agent = self.agent
         failed: E.ApiError | None = None
         try:
+            await self._drain()
             if agent is not None:
                 await agent.stop()
             await self.db.run(self.store.close)

@@ -32,6 +32,7 @@ from riversync.protocol import version as pversion
 from riversync.protocol.errors import (
     Busy,
     CursorPruned,
+    Malformed,
     ProtocolError,
     TooLarge,
 )
@@ -127,6 +128,10 @@ class Hub:
         try:
             async with asyncio.timeout(BODY_TIMEOUT_S):
                 return await self._read_body(request)
+        except web.RequestPayloadError as e:  # not the gzip/deflate it says, or cut short
+            raise Malformed(f"the request body cannot be read as sent (Content-Encoding "
+                            f"{request.headers.get('Content-Encoding', 'none')}): "
+                            f"{str(e).strip()}") from None
         except TimeoutError:
             raise RequestTimeout(
                 f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s, or arrived "

@@ -433,3 +433,21 @@ def test_a_killed_verify_worker_is_replaced_and_no_push_is_refused(hub, cluster,
         assert push_ok(hub, south.batch(2)).status == "stored"
     refused(hub, db, "/v1/push", south.batch(1, advance=False, key=cluster.keys["east"]),
             "UNKNOWN_NODE", 401)
+
+
+def test_a_body_that_is_not_the_gzip_it_claims_is_malformed(hub, db):
+    """It was an INTERNAL 500 with action retry: a node would have sent it for ever."""
+    before = store_snapshot(db)
+    host, port = hub.url.removeprefix("http://").split(":")
+    body = b"notgzip" * 10
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"POST /v1/push HTTP/1.1\r\nHost: hub\r\nContent-Encoding: gzip\r\n"
+                  b"Connection: close\r\nContent-Length: " + str(len(body)).encode()
+                  + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert decode_reply(payload, ErrorReply).code == "MALFORMED"
+    assert store_snapshot(db) == before

@@ -107,6 +107,15 @@ def check_offices(offices: list[str]) -> None:
         raise ClusterInitError("an office is listed twice", hint="--offices north,south")
 
 
+def new_token() -> str:
+    """A random bearer token (24 bytes, URL-safe) that never starts with "-", which a
+    shell command would take for an option (``--token -x...`` fails to parse)."""
+    while True:
+        token = secrets.token_urlsafe(24)
+        if not token.startswith("-"):
+            return token
+
+
 def init_cluster(
     directory: Path | str,
     offices: list[str],
@@ -178,7 +187,7 @@ def init_cluster(
         users[f"{office}-clerk"] = (office, "clerk")
         users[f"{office}-operator"] = (office, "operator")
     users["admin"] = (offices[0], "admin")
-    tokens = {name: secrets.token_urlsafe(24) for name in users}
+    tokens = {name: new_token() for name in users}
 
     roster = {
         "cluster_id": cluster_id,

@@ -232,7 +232,7 @@ class ApiNode:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "riversync.cli", "status", "-c",
             str(self.c.node_configs[self.office]),
-            "--token", self.c.tokens[f"{self.office}-operator"],
+            f"--token={self.c.tokens[f'{self.office}-operator']}",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(proc.communicate(), WAIT)
         return proc.returncode, out.decode()

@@ -85,3 +85,10 @@ def test_bad_hub_url_is_refused(tmp_path, capsys):
     assert main(["cluster", "init", str(tmp_path / "cl"), "--offices", "a",
                  "--hub-url", "hub:8700"]) == 2
     assert not (tmp_path / "cl").exists()
+
+
+def test_tokens_never_start_with_a_dash():
+    """`--token -x...` would be read as an option by every command that takes a token."""
+    from riversync.cluster import new_token
+
+    assert not any(new_token().startswith("-") for _ in range(2000))

@@ -90,7 +90,7 @@ def test_restore_refuses_a_backup_with_a_damaged_manifest(tmp_path):
             assert words in refused.value.message
             assert live(c, db) == before
         # an operator cannot restore: the hint says who can
-        p = cli("restore", "-c", north_cfg, str(made), "--token", c.tokens["north-operator"])
+        p = cli("restore", "-c", north_cfg, str(made), f"--token={c.tokens['north-operator']}")
         assert p.returncode == 2 and "FORBIDDEN" in p.stderr, p.stderr
         hint = p.stderr.split("Try:", 1)[1]
         assert "admin" in hint and "operator or admin" not in hint

@@ -8,13 +8,13 @@ exactly as they were.
 The restored copy begins a new node epoch (``Store.begin_epoch``) and takes the writes
 made since the backup before it is swapped in (``backup.swap_in``), so nothing can write
 to it first: new writes never reuse a number the node handed out after the backup was
-taken.  The old epoch's events are left as they
-are, whether or not the hub can be reached now.  At the node's first hello the hub says
-what it holds of the old epoch: those events are acknowledged (and any the backup lacks
-come back through the pull), and the rest are pushed as the old epoch's continuation,
-chained to the hub's last batch of it (``Agent._align_old_epochs``).  Nothing is
-re-numbered, so no event can reach the cluster twice under two identities, whatever the
-hub held at the time of the restore (see docs/how-to/operate.md).
+taken.  The old epoch's events are left as they are, whether or not the hub can be
+reached now.  At the node's first hello the hub says what it holds of the old epoch:
+those events are acknowledged (and any the backup lacks come back through the pull), and
+the rest are pushed as the old epoch's continuation, chained to the hub's last batch of it
+(``Agent._align_old_epochs``).  Nothing is re-numbered, so no event can reach the cluster
+twice under two identities, whatever the hub held at the time of the restore (see
+docs/how-to/operate.md).
 """
 
 from __future__ import annotations

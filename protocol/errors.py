@@ -169,7 +169,8 @@ class CursorAhead(ProtocolError):
     http_status = 409
     hint = ("the hub's store is older than what this node pulled from it: restore the hub "
             "with `riversync hub restore` from its newest backup (a copy put back by hand "
-            "keeps the old hub epoch), see 'Hub restore' in docs/how-to/operate.md")
+            "keeps the old hub epoch); see 'A hub store put back by hand' in "
+            "docs/how-to/operate.md")
 
 
 ALL_ERRORS: tuple[type[ProtocolError], ...] = (

@@ -129,6 +129,9 @@ def put_back(db_path: Path, moved: list[Path]) -> None:
         aside.replace(Path(str(db_path) + suffix))
 
 
+CARRY_SLICE = 1_000  # own events read at once when carrying writes over
+
+
 def _own_events_beyond(cfg: NodeConfig, schema, manifest: dict
                        ) -> tuple[list, dict, str | None]:
     """This node's own events in the database about to be put aside that the backup lacks.
@@ -157,17 +160,42 @@ def _own_events_beyond(cfg: NodeConfig, schema, manifest: dict
         return [], {}, f"{type(e).__name__}: {e}"
     events: list = []
     sources: dict[tuple[int, int], str | None] = {}
+    lost: list[str] = []
     try:
         for epoch in sorted(live.own_epochs()):
             top = live.own_seq(epoch) or 0
-            low = tops.get(epoch, 0)
-            if top > low:
-                found = live.own_events(epoch, range(low + 1, top + 1))
-                sources.update(((epoch, s), src) for s, src in
-                               live.own_sources(epoch, found).items())
-                events.extend(found[s] for s in sorted(found))
-        return events, sources, None
-    except apsw.Error as e:  # damaged past its header: carry what could be read
-        return events, sources, f"{type(e).__name__}: {e}"
+            for first in range(tops.get(epoch, 0) + 1, top + 1, CARRY_SLICE):
+                seqs = range(first, min(first + CARRY_SLICE, top + 1))
+                try:
+                    found = live.own_events(epoch, seqs)
+                    sources.update(((epoch, s), src) for s, src in
+                                   live.own_sources(epoch, found).items())
+                    events.extend(found[s] for s in sorted(found))
+                    continue
+                except apsw.Error:  # damaged pages: one event at a time, keep what reads
+                    pass
+                seq = _carry_until_unreadable(live, epoch, seqs, events)
+                if seq is not None:
+                    # Carried up to the damage only: an epoch's events reach the hub in an
+                    # unbroken run, so later ones would wait behind the gap for ever.
+                    lost.append(f"node epoch {epoch} from event {seq} to {top}")
+                    break
+    except apsw.Error as e:  # not even the list of epochs reads
+        lost.append(f"the rest ({type(e).__name__}: {e})")
     finally:
         live.close()
+    if lost:
+        return events, sources, (f"damaged, so these writes stay only in the file kept "
+                                 f"aside: {'; '.join(lost)}")
+    return events, sources, None
+
+
+def _carry_until_unreadable(live, epoch: int, seqs: range, events: list) -> int | None:
+    """Append the events of ``seqs`` one by one up to the first that cannot be read;
+    returns that one's number, or None when all could."""
+    for seq in seqs:
+        try:
+            events.extend(live.own_events(epoch, [seq]).values())
+        except apsw.Error:
+            return seq
+    return None

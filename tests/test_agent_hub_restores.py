@@ -142,3 +142,53 @@ def test_a_hub_store_put_back_by_hand_stops_replication_until_a_hub_restore(tmp_
             assert c.status(office)["agent"]["state"] == "running"
     finally:
         c.stop_all()
+
+
+def test_verify_names_a_node_that_skipped_batches_of_a_store_put_back_by_hand(tmp_path):
+    """The case the node cannot see: north was down while the stale store ran and south
+    pushed it past north's old cursor, so north's cursor is not ahead of the head and it
+    pulls on from there, past south's batches it never had.  The hub counts north as caught
+    up; verify reads the hub first and names the events north will never get."""
+    from riversync.config import load_hub_config
+
+    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
+                     realtime=True).create()
+    try:
+        c.start_all()
+        north, south = c.client("north", "north-clerk"), c.client("south", "south-clerk")
+        north.post("/v1/tables/players/rows", {"pk": "N-0", "values": {"full_name": "N"}})
+        south.post("/v1/tables/players/rows", {"pk": "S-0", "values": {"full_name": "S"}})
+        c.wait_for("convergence", c.converged, WAIT)
+        backup = tmp_path / "hub-old.db"
+        hub_cmd(c, "backup", str(backup))
+        c.stop("south")
+        for i in range(1, 4):
+            north.post("/v1/tables/players/rows", {"pk": f"N-{i}", "values": {"full_name": "N"}})
+            c.wait_for("north to push", lambda: c.status("north")["outbox"] == 0, WAIT)
+        c.wait_for("north to pull", lambda: c.status("north")["agent"]["cursor"][1]
+                   == hub_status(c)["head"], WAIT)
+        c.stop("north")
+        c.stop("hub")
+        db = load_hub_config(c.hub_config).db_path
+        for suffix in ("", "-wal", "-shm", ".head"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+        db.write_bytes(backup.read_bytes())  # by hand: the hub epoch stays
+        c.start("hub")
+        c.start("south")
+        south = c.client("south", "south-clerk")
+        for i in range(1, 6):
+            south.post("/v1/tables/players/rows", {"pk": f"S-{i}", "values": {"full_name": "S"}})
+            c.wait_for("south to push", lambda: c.status("south")["outbox"] == 0, WAIT)
+        c.start("north")
+        c.wait_for("north to pull", lambda: hub_status(c)["nodes"]["north"]["backlog_batches"]
+                   == 0 and c.status("north")["agent"]["state"] == "running", WAIT)
+        argv = [str(RIVERSYNC), "verify", "-c", str(c.node_configs["north"]), "-c",
+                str(c.node_configs["south"])]
+        p = subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=WAIT)
+        assert p.returncode == 1, p.stdout + p.stderr
+        got = json.loads(p.stdout)["skipped"]
+        assert list(got) == ["north"] and got["north"][0]["origin"].startswith("south/")
+        text = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT).stdout
+        assert "NODE north SKIPPED EVENTS" in text and "NOT CONSISTENT" in text, text
+    finally:
+        c.stop_all()

@@ -29,9 +29,13 @@ the node's own status (the agent stops on that error), not by guessing from curs
 whose replication stopped on any other error (a wrong hub or cluster, a schema mismatch, a
 fork) will not catch up either until it is fixed: verify names it and its error too.
 
+A node the hub counts as caught up that lacks events the hub holds skipped them (its
+cursor moved past them, as after a hub store put back by hand while it was down): no
+pull will bring them, so verify names the node and the range (``skipped``).
+
 Exit codes: 0 consistent, 1 nodes with the same events differ, events are lost at the
-hub, a node cannot get pruned events from the hub or its replication stopped, 3 a node or
-the hub did not answer.
+hub, a node cannot get pruned events from the hub, its replication stopped or it skipped
+events, 3 a node or the hub did not answer.
 """
 
 from __future__ import annotations
@@ -135,6 +139,28 @@ def beyond_hub(reports: dict[str, dict], hub_origins: dict[str, int]) -> dict:
     return out
 
 
+def skipped(reports: dict[str, dict], doc: dict) -> dict[str, list[dict]]:
+    """Events of other origins a node lacks though the hub counts it as caught up.
+
+    ``doc`` is the hub's status, read before the nodes' reports: a node the hub then saw
+    with no backlog had confirmed everything the hub held, and its report (read later)
+    can only hold more.  Lacking some of it, the node skipped them (its cursor moved past
+    batches it never applied, as after a hub store put back by hand) and no pull will
+    ever bring them."""
+    held = doc.get("origins") or {}
+    out: dict[str, list[dict]] = {}
+    for node, rep in reports.items():
+        seen = (doc.get("nodes") or {}).get(node) or {}
+        if seen.get("backlog_batches") != 0:
+            continue
+        gaps = [{"origin": o, "first": rep.get("events", {}).get(o, 0) + 1, "last": top}
+                for o, top in sorted(held.items())
+                if o.rsplit("/", 1)[0] != node and rep.get("events", {}).get(o, 0) < top]
+        if gaps:
+            out[node] = gaps
+    return out
+
+
 def _covers(report: dict, origin: str, first: int, last: int) -> bool:
     kept = (report.get("kept_batches") or {}).get(origin)
     return (isinstance(kept, list) and len(kept) == 2
@@ -210,10 +236,11 @@ def cmd_verify(args) -> int:
     reports: dict[str, dict] = {}
     failed: dict[str, str] = {}
     clients = {}
-    hub_url = None
-    for path in args.config:
-        cfg = load(path)
-        hub_url = hub_url or cfg.hub_url
+    configs = [load(path) for path in args.config]
+    hub_url = configs[0].hub_url if configs else None
+    # The hub first: what it counted as delivered must be older than what nodes report.
+    doc, hub_why = hub_status(hub_url) if hub_url else (None, "no hub_url")
+    for cfg in configs:
         client = client_for(cfg, args.token, 15.0)
         try:
             rep = client.get("/v1/digests")
@@ -233,7 +260,6 @@ def cmd_verify(args) -> int:
                 lag[n] = newer_schema_parked(clients[n]) or 0
     result = compare(reports, failed, lag)
     result["unreachable"] = failed
-    doc, hub_why = hub_status(hub_url) if hub_url else (None, "no hub_url")
     held = None
     if doc is not None:
         held, hub_why = hub_origins(hub_url, doc=doc)
@@ -247,7 +273,9 @@ def cmd_verify(args) -> int:
     result["hub_pruned"] = (doc or {}).get("pruned")
     result["cursor_pruned"] = pruned
     result["replication_stopped"] = stopped
-    if stops or len(reports) < 2:
+    gaps = {n: g for n, g in skipped(reports, doc).items() if n not in stops} if held else {}
+    result["skipped"] = gaps
+    if stops or gaps or len(reports) < 2:
         result["converged"] = False
     if args.json:
         result["nodes"] = {n: {"events": d.get("events"), "state": d.get("state"),
@@ -292,6 +320,13 @@ def cmd_verify(args) -> int:
         for n, e in stopped.items():
             print(f"REPLICATION STOPPED AT NODE {n}: {e['code']}: {e['message']}. "
                   f"Try: {e['hint']}")
+        for n, g in gaps.items():
+            what = ", ".join(f"{e['origin']} {_range(e)}" for e in g[:5])
+            print(f"NODE {n} SKIPPED EVENTS: it lacks {what}, which the hub holds, though the "
+                  "hub counts it as caught up; no pull will bring them (its cursor moved past "
+                  "them, as after a hub store put back by hand). Try: restore that node from "
+                  "a backup taken before (it pulls again from there); see 'A hub store put "
+                  "back by hand' in docs/how-to/operate.md.")
         if failed:
             print(f"NOT VERIFIED: {', '.join(failed)} did not answer, so nothing can be said "
                   "about convergence.")
@@ -305,6 +340,9 @@ def cmd_verify(args) -> int:
         elif stopped:
             print(f"NOT CONVERGING: replication is stopped at {', '.join(stopped)} (above); "
                   "waiting will not help until that is fixed.")
+        elif gaps:
+            print(f"NOT CONSISTENT: {', '.join(gaps)} skipped events (above); waiting will "
+                  "not help.")
         elif hub_why:
             print("NOT VERIFIED: the hub did not answer.")
         elif len(reports) < 2:
@@ -316,4 +354,5 @@ def cmd_verify(args) -> int:
             print("Consistent: nodes with the same events agree; some are not caught up yet.")
     if failed or hub_why:
         return EXIT_UNAVAILABLE
-    return 0 if result["consistent"] and not lost and not pruned and not stopped else 1
+    return (0 if result["consistent"] and not lost and not pruned and not stopped and not gaps
+            else 1)

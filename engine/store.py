@@ -925,6 +925,25 @@ class Store:
 
         return digests(self)
 
+    def origin_gaps(self) -> list[dict]:
+        """Other nodes' origins this database holds events of past a gap.
+
+        The hub delivers each origin's events in their order, so a node that has pulled all
+        there is cannot hold an origin's later events without the earlier ones unless its
+        cursor skipped some (a hub store put back by hand while it was down): those will
+        never come.  Each gap: ``origin``, ``first`` missing and ``holds_up_to``.
+        """
+        out = []
+        for node, epoch, contiguous in self.conn.execute(
+                "SELECT node, epoch, contiguous FROM _rs_origins WHERE node != ?",
+                (self.node_id,)).fetchall():
+            top = _one(self.conn, "SELECT max(seq) FROM _rs_ids WHERE node=? AND epoch=?",
+                       (node, epoch))
+            if top is not None and top > contiguous:
+                out.append({"origin": f"{node}/{epoch}", "first": contiguous + 1,
+                            "holds_up_to": top})
+        return out
+
     def stats(self) -> dict:
         c = self.conn
         by_status = dict(c.execute("SELECT status, count(*) FROM _rs_status GROUP BY status"))

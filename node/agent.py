@@ -215,6 +215,7 @@ class Agent:
         self.hub_head: int | None = None
         self.cursor: tuple[int, int] | None = None
         self.replay_failures = 0
+        self.skipped: list[dict] = []  # origins held past a gap after a full pull
         self.attempt = 0
         self._hello_ok = asyncio.Event()
         self._wake = asyncio.Event()
@@ -306,6 +307,7 @@ class Agent:
             "relay_kept_bytes": self.relay_kept[1] if self.relay_kept else None,
             "clock": self.clock.snapshot(),
             "refused": self.refused,
+            "skipped": self.skipped,
         }
 
     def clock_ahead(self) -> dict | None:
@@ -972,6 +974,7 @@ class Agent:
                     break
                 wait_ms = 0
             self._pull_ok_mono = time.monotonic()
+            self.skipped = await self.db.run(self.store.origin_gaps)
         return total
 
     def _settle_own(self, events: list, now: int) -> list[dict]:

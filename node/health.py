@@ -78,6 +78,11 @@ def evaluate(snap: dict, t: Thresholds) -> tuple[str, list[dict]]:
             "SYNC_STOPPED",
             f"replication stopped on {err.get('code', 'an error')}: {err.get('message', '')}",
         )
+    for gap in agent.get("skipped") or []:
+        add(CRITICAL, "EVENTS_SKIPPED",
+            f"this node holds {gap['origin']} up to #{gap['holds_up_to']} but lacks it from "
+            f"#{gap['first']}, and the hub has nothing more to send: a hub store put back by "
+            "hand moved its cursor past them; restore this node from a backup taken before")
     failures = snap.get("replay_failures_consecutive", 0)
     if failures > t.replay_retry_threshold:
         add(

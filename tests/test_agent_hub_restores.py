@@ -190,5 +190,10 @@ def test_verify_names_a_node_that_skipped_batches_of_a_store_put_back_by_hand(tm
         assert list(got) == ["north"] and got["north"][0]["origin"].startswith("south/")
         text = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT).stdout
         assert "NODE north SKIPPED EVENTS" in text and "NOT CONSISTENT" in text, text
+        # north itself sees it: it holds south's later events past a gap
+        st = c.status("north")
+        assert st["level"] == "critical", st["reasons"]
+        assert "EVENTS_SKIPPED" in [r["code"] for r in st["reasons"]], st["reasons"]
+        assert "EVENTS_SKIPPED" not in [r["code"] for r in c.status("south")["reasons"]]
     finally:
         c.stop_all()

@@ -99,3 +99,20 @@ def test_a_restored_pending_batch_is_acknowledged_only_when_the_hubs_hash_proves
     agent._settle_restored_pending(5, 1, h)
     assert s.own_epochs()[5] == 2 and not s.meta_get(META_RESTORED_PENDING)
     s.close()
+
+
+def test_origin_gaps_names_another_origin_held_past_a_gap(tmp_path):
+    """An origin's later events held without the earlier ones: what EVENTS_SKIPPED reports
+    after a full pull. The node's own origin is never reported."""
+    s = open_store(tmp_path / "n.db", SCHEMA, node="north", epoch=5)
+    player(s, "N-0")
+    south = Origin("south", epoch=9)
+    evs = [south.create(at(f"10:0{i}"), "offices", f"o{i}", {"name": "S"}, "sam")
+           for i in range(6)]
+    s.apply_remote(evs[:2], now_ms=NOW)
+    assert s.origin_gaps() == []
+    s.apply_remote(evs[4:], now_ms=NOW)  # #3 and #4 never came
+    assert s.origin_gaps() == [{"origin": "south/9", "first": 3, "holds_up_to": 6}]
+    s.apply_remote(evs[2:4], now_ms=NOW)
+    assert s.origin_gaps() == []
+    s.close()

@@ -40,6 +40,7 @@ events, 3 a node or the hub did not answer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import urllib.error
@@ -265,6 +266,15 @@ def cmd_verify(args) -> int:
         held, hub_why = hub_origins(hub_url, doc=doc)
     result["hub_unreachable"] = hub_why or None
     result["beyond_hub"] = beyond_hub(reports, held) if held is not None else None
+    if result["beyond_hub"] and result["beyond_hub"]["lost"]:
+        # The origin was asked before the holders, and it may have written since: ask it
+        # again, so a write newer than its report is not taken for one it lost.
+        for e in result["beyond_hub"]["lost"]:
+            origin_node = e["origin"].rsplit("/", 1)[0]
+            if origin_node in clients:
+                with contextlib.suppress(NodeUnreachable, NodeRefused):
+                    reports[origin_node] = clients[origin_node].get("/v1/digests")
+        result["beyond_hub"] = beyond_hub(reports, held)
     lost = result["beyond_hub"]["lost"] if held is not None else []
     result["lost_at_hub"] = bool(lost)
     stops = {n: e for n, cl in clients.items() if (e := stopped_error(cl)) is not None}

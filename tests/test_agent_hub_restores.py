@@ -96,14 +96,29 @@ def test_a_node_behind_two_hub_restores_misses_nothing(tmp_path):
         c.stop_all()
 
 
+def two_offices(tmp_path) -> LocalCluster:
+    return LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
+                        realtime=True).create()
+
+
+def put_hub_back_by_hand(c: LocalCluster, backup: Path) -> None:
+    """Copy ``backup`` over the stopped hub's store, head file and all gone: no restore
+    marker, so the hub keeps its hub epoch."""
+    from riversync.config import load_hub_config
+
+    db = load_hub_config(c.hub_config).db_path
+    for suffix in ("", "-wal", "-shm", ".head"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    db.write_bytes(backup.read_bytes())
+
+
 def test_a_hub_store_put_back_by_hand_stops_replication_until_a_hub_restore(tmp_path):
     """[H-PULL-3] seen from the node: a hub store copied back by hand keeps its hub epoch,
     so the nodes' cursors are past its head.  A node used to lower its cursor to the head
     in silence and then skip, for good, the batches the hub took up to its old cursor.  Now
     replication stops (CURSOR_AHEAD) before anything is pushed or pulled, and `riversync
     hub restore` of the same file (a new hub epoch) brings every write back."""
-    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
-                     realtime=True).create()
+    c = two_offices(tmp_path)
     try:
         c.start_all()
         north, south = c.client("north", "north-clerk"), c.client("south", "south-clerk")
@@ -116,12 +131,7 @@ def test_a_hub_store_put_back_by_hand_stops_replication_until_a_hub_restore(tmp_
             south.post("/v1/tables/players/rows", {"pk": f"S-{i}", "values": {"full_name": "S"}})
         c.wait_for("convergence", c.converged, WAIT)
         c.stop("hub")
-        from riversync.config import load_hub_config
-
-        db = load_hub_config(c.hub_config).db_path
-        for suffix in ("", "-wal", "-shm", ".head"):
-            Path(str(db) + suffix).unlink(missing_ok=True)
-        db.write_bytes(backup.read_bytes())  # by hand: no restore marker, no new hub epoch
+        put_hub_back_by_hand(c, backup)
         c.start("hub")
         north.post("/v1/tables/players/rows", {"pk": "N-1", "values": {"full_name": "N"}})
         for office in c.offices:
@@ -149,10 +159,7 @@ def test_verify_names_a_node_that_skipped_batches_of_a_store_put_back_by_hand(tm
     pushed it past north's old cursor, so north's cursor is not ahead of the head and it
     pulls on from there, past south's batches it never had.  The hub counts north as caught
     up; verify reads the hub first and names the events north will never get."""
-    from riversync.config import load_hub_config
-
-    c = LocalCluster(tmp_path / "c", ["north", "south"], schema=SCHEMA, sync_interval_s=1,
-                     realtime=True).create()
+    c = two_offices(tmp_path)
     try:
         c.start_all()
         north, south = c.client("north", "north-clerk"), c.client("south", "south-clerk")
@@ -169,10 +176,7 @@ def test_verify_names_a_node_that_skipped_batches_of_a_store_put_back_by_hand(tm
                    == hub_status(c)["head"], WAIT)
         c.stop("north")
         c.stop("hub")
-        db = load_hub_config(c.hub_config).db_path
-        for suffix in ("", "-wal", "-shm", ".head"):
-            Path(str(db) + suffix).unlink(missing_ok=True)
-        db.write_bytes(backup.read_bytes())  # by hand: the hub epoch stays
+        put_hub_back_by_hand(c, backup)
         c.start("hub")
         c.start("south")
         south = c.client("south", "south-clerk")

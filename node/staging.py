@@ -166,7 +166,7 @@ _DATE_FORMATS = {
     "YYYY-MM-DD": "%Y-%m-%d",
 }
 _EXCEL_EPOCHS = (dt.date(1899, 12, 30), dt.date(1899, 12, 31), dt.date(1904, 1, 1))
-_MAX_EXACT_INT = 10**15  # Excel keeps 15 significant digits
+EXCEL_EXACT = 10**15  # the first whole number with more digits than an Excel number keeps
 
 
 class ValueIssue(Exception):
@@ -219,7 +219,7 @@ def _to_text(rule: ColumnRule, value: Any) -> tuple[str, str | None]:
         text = "TRUE" if value else "FALSE"
         return text, f"a TRUE/FALSE cell in a text column, taken as the text {text!r}"
     if isinstance(value, int | float):
-        if abs(value) >= _MAX_EXACT_INT:
+        if abs(value) >= EXCEL_EXACT:
             raise ValueIssue(
                 f"{_num(value)} is a number with 16 or more digits: Excel keeps only 15, so "
                 "precision is lost; format the column as Text and type the ID again"
@@ -380,7 +380,7 @@ def _to_money(value: Any) -> tuple[int, str | None]:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueIssue(f"expected an amount, found {value!r}")
-        if abs(value) * 100 >= _MAX_EXACT_INT:
+        if abs(value) * 100 >= EXCEL_EXACT:
             raise ValueIssue(
                 f"{_num(value)} has more digits than Excel keeps (15) once in cents, so its "
                 "last digits may be lost; format the cell as Text and type the amount again")
@@ -822,12 +822,11 @@ def carry_staging(conn, old_path: str) -> int:
             for t in reversed(STAGING_TABLES):
                 conn.execute(f"DELETE FROM {t}")
             for t in STAGING_TABLES:
-                have = [r[1] for r in conn.execute(f"PRAGMA table_info({t})")]
-                cols = ", ".join(c for c in (r[1] for r in old.execute(f"PRAGMA table_info({t})"))
-                                 if c in have)
-                marks = ", ".join("?" * len(cols.split(", ")))
-                conn.executemany(f"INSERT INTO {t}({cols}) VALUES ({marks})",
-                                 old.execute(f"SELECT {cols} FROM {t}"))
+                have = {r[1] for r in conn.execute(f"PRAGMA table_info({t})")}
+                cols = [r[1] for r in old.execute(f"PRAGMA table_info({t})") if r[1] in have]
+                names = ", ".join(cols)
+                conn.executemany(f"INSERT INTO {t}({names}) VALUES ({', '.join('?' * len(cols))})",
+                                 old.execute(f"SELECT {names} FROM {t}"))
             top = max([r[0] for r in old.execute("SELECT seq FROM sqlite_sequence WHERE "
                                                  "name='staging_batches'")] + [0])
             conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE "

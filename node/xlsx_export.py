@@ -30,7 +30,7 @@ from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font
 
-from .staging import StagingError, TableRules
+from .staging import EXCEL_EXACT, StagingError, TableRules
 from .xlsx_import import EXPORT_MARKER, META_SHEET, escape_text
 
 OWNER_HEADER = "(owner)"  # an extra column naming each row's owning office; import ignores it
@@ -115,7 +115,6 @@ def select_rows(shapes: dict[str, TableShape], source: RowSource, scope: tuple[s
 
 
 _FIRST_EXCEL_DAY = dt.date(1900, 3, 1)
-EXCEL_EXACT = 10**15  # the first whole number with more digits than an Excel number keeps
 
 
 def money_text(cents: int) -> str:
